@@ -1,0 +1,129 @@
+"""The Python API, mirroring the CLI: ``load`` -> ``compile`` -> ``export``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+from torch import nn
+
+from rfdeploy import recognise
+from rfdeploy.artifacts import write_all
+from rfdeploy.checkpoint import load_checkpoint
+from rfdeploy.compiler import CompileResult, compile_model
+from rfdeploy.errors import RFDeployError
+from rfdeploy.export import SEARCH_OPS, export_onnx, op_counts
+from rfdeploy.frontend import LoadInfo, build_searched, load_model
+from rfdeploy.structure import load_structure
+from rfdeploy.verify import Verification, onnxruntime_runner, random_inputs, torch_runner, verify
+
+
+@dataclass
+class Loaded:
+    """A searched model ready to compile: the model, where it came from, and its default input shape."""
+
+    searched: nn.Module
+    info: LoadInfo
+    model_name: str
+    input_shapes: list[tuple[int, ...]] | None
+    recognised: bool = False
+
+
+def load(model: str | nn.Module | None = None, ckpt: str | Path | None = None,
+         structure: str | Path | None = None) -> Loaded:
+    """The searched model from a zoo name / ``module:callable`` / module, a checkpoint and a structure file."""
+    state = load_checkpoint(ckpt) if ckpt is not None else None
+    parsed = load_structure(structure) if structure is not None else None
+    recognised = model is None
+    if recognised:
+        if state is None:
+            raise RFDeployError("--model is needed when no checkpoint is given")
+        model = recognise.zoo_model_of(state, str(ckpt))
+    if isinstance(model, str):
+        plain, default_shape = load_model(model)
+        name = model
+    else:
+        plain, default_shape, name = model.eval(), getattr(model, "default_input_shape", None), type(model).__name__
+    searched, info = build_searched(plain, parsed, state, str(ckpt))
+    return Loaded(searched, info, name, [tuple(default_shape)] if default_shape else None, recognised)
+
+
+def compile(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
+            fold_bn: bool = True, choices: dict[str, str] | None = None) -> nn.Module:
+    """The compiled plain-conv model (no search op left), as a torch module."""
+    return compile_model(load(model, ckpt, structure).searched, mode, fold_bn, choices).model
+
+
+@dataclass
+class ExportResult:
+    report: dict
+    onnx_model: onnx.ModelProto
+    compiled: nn.Module
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["verification"]["passed"])
+
+
+def _layer_rows(result: CompileResult) -> list[dict]:
+    return [asdict(layer) for layer in result.layers]
+
+
+def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
+           input_shapes: list[tuple[int, ...]] | None = None, opset: int = 17, dynamic_batch: bool = False,
+           out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
+           choices: dict[str, str] | None = None, write: bool = True, progress=None) -> ExportResult:
+    """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
+
+    ``DIR/model.onnx`` and ``DIR/report.json`` are replaced only when verification passes; a failing
+    run writes ``DIR/failed-report.json`` and leaves earlier outputs untouched.
+    """
+    step = progress or (lambda message: None)
+    step("loading")
+    loaded = load(model, ckpt, structure)
+    shapes = input_shapes or loaded.input_shapes
+    if not shapes:
+        raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
+    step("compiling")
+    result = compile_model(loaded.searched, mode, choices=choices)
+    step("exporting ONNX")
+    onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch)
+    counts = op_counts(onnx_model)
+    leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
+    step("verifying in onnxruntime")
+    ort_check = verify(onnxruntime_runner(onnx_model), loaded.searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
+    torch_check = verify(torch_runner(result.model), loaded.searched, shapes, "torch-compiled", atol, rtol, seed)
+    verification = ort_check.to_json() | {"torch": torch_check.to_json()}
+    verification["passed"] = ort_check.passed and torch_check.passed and not leftover
+    report = {
+        "model": loaded.model_name,
+        "model_recognised": loaded.recognised,
+        "checkpoint": None if ckpt is None else str(ckpt),
+        "structure": None if structure is None else str(structure),
+        "mode": mode,
+        "opset": opset,
+        "load": asdict(loaded.info),
+        "layers": _layer_rows(result),
+        "folded_batchnorms": len(result.folded_batchnorms),
+        "batchnorm_note": result.batchnorm_note,
+        "onnx_ops": counts,
+        "search_ops_left": leftover,
+        "verification": verification,
+    }
+    exported = ExportResult(report, onnx_model, result.model, Path(out))
+    if write:
+        _write(exported)
+    return exported
+
+
+def _write(result: ExportResult) -> None:
+    report = json.dumps(result.report, indent=2).encode()
+    if result.passed:
+        result.written = write_all(result.out_dir, {"model.onnx": result.onnx_model.SerializeToString(),
+                                                    "report.json": report})
+    else:
+        result.written = write_all(result.out_dir, {"failed-report.json": report})

@@ -1,0 +1,26 @@
+"""Outputs appear whole or not at all: written under a temporary name, then moved into place."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_all(directory: Path, files: dict[str, bytes]) -> list[Path]:
+    """Every file complete under a temporary name first; then each moved into place."""
+    directory.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, data in files.items():
+            handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            staged.append((name, Path(temporary)))
+        for name, temporary in staged:
+            os.replace(temporary, directory / name)
+    except BaseException:
+        for _, temporary in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    return [directory / name for name in files]

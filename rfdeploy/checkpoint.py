@@ -1,0 +1,94 @@
+"""Loading untrusted checkpoints: tensors only, no pickled code ever runs.
+
+``.safetensors`` files go through safetensors. Pickle-based ``.pth`` files load with
+``torch.load(weights_only=True)``; a real mmengine checkpoint also carries training metadata objects
+(``message_hub`` history buffers, numpy scalars) that torch's weights-only unpickler rejects, so those load
+through ``_InertUnpickler``: torch's own allow-list of tensor-rebuilding globals, and every other global
+replaced by an inert placeholder that stores its arguments and executes nothing.
+"""
+
+from __future__ import annotations
+
+import pickle
+import types
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import _weights_only_unpickler
+
+from rfdeploy.errors import RFDeployError
+
+StateDict = dict[str, torch.Tensor]
+
+
+class Opaque:
+    """Stands in for an object of a class the checkpoint names but rfdeploy does not trust."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        allowed = _weights_only_unpickler._get_allowed_globals()
+        if f"{module}.{name}" in allowed:
+            return allowed[f"{module}.{name}"]
+        return type(name, (Opaque,), {"__module__": f"rfdeploy.opaque.{module}"})
+
+
+_inert_pickle = types.ModuleType("rfdeploy_inert_pickle")
+_inert_pickle.Unpickler = _InertUnpickler  # type: ignore[attr-defined]
+_inert_pickle.load = lambda file, **kwargs: _InertUnpickler(file, **kwargs).load()  # type: ignore[attr-defined]
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "not an allowed global" not in str(error):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
+
+
+def _read(path: Path):
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(str(error)) from None
+    return _torch_load(path)
+
+
+def state_dict_of(payload, path: Path) -> StateDict:
+    """The model weights inside an mmengine checkpoint (``state_dict``), a ``model`` wrapper, or a bare dict."""
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload:
+        raise RFDeployError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise RFDeployError(f"{path}: holds no tensors")
+    return tensors
+
+
+def load_checkpoint(path: str | Path) -> StateDict:
+    path = Path(path)
+    if not path.is_file():
+        raise RFDeployError(f"{path}: no such checkpoint file")
+    try:
+        payload = _read(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            AttributeError, ImportError, TypeError, IndexError, KeyError) as error:
+        detail = (str(error).strip() or type(error).__name__).splitlines()[0].split(". ")[0]
+        raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
+    return state_dict_of(payload, path)

@@ -1,0 +1,43 @@
+"""Arguments and printing shared by the commands that load a searched model."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+
+from rich.console import Console
+
+from rfdeploy.errors import RFDeployError
+
+console = Console(stderr=True)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224") from None
+    if len(shape) < 2 or any(n < 1 for n in shape):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224 (N,C,H[,W], all >= 1)")
+    return shape
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="zoo name (see `rfdeploy models`) or package.module:callable returning "
+                                        "the plain nn.Module; optional when the checkpoint is a zoo architecture")
+    parser.add_argument("--ckpt", help="searched checkpoint: mmengine .pth, bare state dict, or .safetensors")
+    parser.add_argument("--structure", help="structure JSON from the search (mmcv RFSearchHook, research, or G2L)")
+    parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes", metavar="N,C,H[,W]",
+                        help="input shape; repeat for several inputs (zoo models have a default)")
+
+
+@contextmanager
+def status(message: str):
+    """A spinner for a long step; yields a callback that updates its text."""
+    with console.status(message) as spinner:
+        yield lambda text: spinner.update(f"{text}...")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RFDeployError(message)

@@ -1,0 +1,77 @@
+"""``rfdeploy export``: searched checkpoint + structure -> exact plain-conv ONNX, verified."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from rfdeploy import api
+from rfdeploy.commands.common import add_model_arguments, console, status
+from rfdeploy.passes.choose_lowering import MODES
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="compile a searched model to plain-conv ONNX and verify it",
+                                   description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="lowering of each searched conv: auto (cost model), multi (one conv per branch), "
+                             "single (one merged conv where exact)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    parser.add_argument("--out", default="rfdeploy-out", help="output directory (default: ./rfdeploy-out)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the verification")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def main_from(argv: list[str]) -> int:
+    """Run ``rfdeploy export`` with these arguments (used by ``rfdeploy demo``)."""
+    parser = argparse.ArgumentParser(prog="rfdeploy export")
+    add_parser(parser.add_subparsers())
+    # add_parser registers a sub-command; parse through it so defaults stay in one place
+    return run(parser.parse_args(["export", *argv]))
+
+
+def run(args: argparse.Namespace) -> int:
+    with status("rfdeploy export") as progress:
+        result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
+                            args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress)
+    if args.json:
+        print(json.dumps(result.report, indent=2))
+    else:
+        print_summary(result)
+    return 0 if result.passed else 1
+
+
+def print_summary(result: api.ExportResult) -> None:
+    report = result.report
+    load = report["load"]
+    if report["model_recognised"]:
+        console.print(f"recognised architecture: [bold]{report['model']}[/bold]")
+    table = Table(title=f"{report['model']}: {len(report['layers'])} searched layer(s)")
+    for column in ("layer", "rates", "alphas", "lowering"):
+        table.add_column(column, overflow="fold")
+    for layer in report["layers"]:
+        rates = " ".join("x".join(map(str, r)) for r in layer["rates"])
+        alphas = " ".join(f"{a:.3f}" for a in layer["alphas"])
+        table.add_row(layer["name"], rates, alphas, layer["lowering"])
+    console.print(table)
+    if load["skipped_entries"]:
+        console.print(f"skipped {len(load['skipped_entries'])} structure entries outside the deployed part "
+                      f"(e.g. {load['skipped_entries'][0]})")
+    for note in load["notes"]:
+        console.print(f"note: {note}")
+    check = report["verification"]
+    verdict = "[green]PASSED[/green]" if check["passed"] else "[red]FAILED[/red]"
+    console.print(f"verification vs searched PyTorch forward ({check['backend']}, {check['trials']} seeded inputs "
+                  f"{check['input_shapes']}): max_abs_err {check['max_abs_err']:.3g}, "
+                  f"max_rel_err {check['max_rel_err']:.3g}: {verdict}")
+    if report["search_ops_left"]:
+        console.print(f"[red]search ops left in the graph: {report['search_ops_left']}[/red]")
+    for path in result.written:
+        console.print(f"wrote {path}")

@@ -1,0 +1,59 @@
+"""ONNX export of a (compiled or searched) torch model, cleaned with onnx-graphsurgeon."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+from torch import nn
+
+from rfdeploy.errors import RFDeployError
+
+SEARCH_OPS = ("Abs", "ReduceSum")  # the alpha normalisation |a| / sum |a| (Div also appears in attention)
+
+
+def io_names(count: int, stem: str) -> list[str]:
+    return [stem] if count == 1 else [f"{stem}{i}" for i in range(count)]
+
+
+def flat_outputs(outputs) -> list[torch.Tensor]:
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    return [t for item in outputs for t in flat_outputs(item)]
+
+
+def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
+                dynamic_batch: bool = False) -> onnx.ModelProto:
+    """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up."""
+    with torch.no_grad():
+        outputs = flat_outputs(model(*inputs))
+    input_names, output_names = io_names(len(inputs), "input"), io_names(len(outputs), "output")
+    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, tuple(inputs), buffer, dynamo=False, opset_version=opset,
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+    except Exception as error:  # torch raises many types for unexportable models
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RFDeployError(f"ONNX export failed: {first_line[:200]}") from None
+    graph = gs.import_onnx(onnx.load_from_string(buffer.getvalue()))
+    graph.cleanup().toposort()
+    exported = gs.export_onnx(graph)
+    exported.opset_import[0].version = opset
+    onnx.checker.check_model(exported)
+    return exported
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))

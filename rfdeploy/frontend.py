@@ -1,0 +1,230 @@
+"""From files to the searched model: a plain architecture, a structure file and a checkpoint.
+
+Names are matched the way they occur in the field: ``module.`` from distributed training is dropped,
+and a component prefix (``backbone.``) is found by which prefix makes the most names fit the model.
+Entries outside the deployed component are skipped and reported; entries inside it must fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rfdeploy import models
+from rfdeploy.checkpoint import StateDict
+from rfdeploy.errors import RFDeployError
+from rfdeploy.searched import SearchedConv
+from rfdeploy.structure import Geometry, Structure, load_structure
+
+CONVS = (nn.Conv1d, nn.Conv2d)
+ALPHA_KEYS = ("branch_weights", "weights", "sample_weights")  # mmcv, research / G2L, RFConv2d
+RFCONV_BUFFERS = ("sample_weights", "rates", "num_rates", "counter", "current_search_step")
+
+
+@dataclass
+class LoadInfo:
+    """What loading found: formats, prefixes, and everything it skipped or ignored."""
+
+    structure_format: str | None = None
+    checkpoint_format: str | None = None
+    structure_component: str = ""
+    checkpoint_component: str = ""
+    searched: list[str] = field(default_factory=list)
+    single_branch: list[str] = field(default_factory=list)
+    skipped_entries: list[str] = field(default_factory=list)
+    ignored_keys: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """A plain model from a zoo name or ``package.module:callable``, and its default input shape."""
+    if ":" not in spec:
+        entry = models.get(spec)
+        return models.build(spec), entry.input_shape
+    module_name, _, attribute = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise RFDeployError(f"cannot import model '{spec}': {error}") from None
+    try:
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except Exception as error:  # the user's own code: report it in one line
+        raise RFDeployError(f"model '{spec}' failed to build: {type(error).__name__}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise RFDeployError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
+    return model.eval(), getattr(model, "default_input_shape", None)
+
+
+def best_component(names: list[str], fits) -> tuple[str, int]:
+    """The prefix ('' or a first name component) under which the most ``names`` fit, and how many."""
+    candidates = [""] + sorted({n.split(".", 1)[0] + "." for n in names if "." in n})
+    scored = [(sum(1 for n in names if n.startswith(p) and fits(n[len(p):])), p) for p in candidates]
+    count, prefix = max(scored, key=lambda item: (item[0], item[1] == ""))
+    return prefix, count
+
+
+def _strip_module(state: StateDict) -> StateDict:
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _conv_names(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, CONVS)}
+
+
+def match_structure(structure: Structure, model: nn.Module, info: LoadInfo) -> dict[str, str]:
+    """Model conv name -> structure entry name, for the entries inside the deployed component."""
+    modules = dict(model.named_modules())
+    names = list(structure.centres)
+    prefix, count = best_component(names, lambda n: n in modules)
+    if count == 0:
+        raise RFDeployError(f"{structure.path}: no entry names a layer of the model (first entry: '{names[0]}')")
+    matched = {}
+    for name in names:
+        if not name.startswith(prefix):
+            info.skipped_entries.append(name)
+            continue
+        local = name[len(prefix):]
+        if local not in modules:
+            raise RFDeployError(f"{structure.path}: entry '{name}' matches no layer of the model")
+        if not isinstance(modules[local], CONVS):
+            raise RFDeployError(f"{structure.path}: entry '{name}' names a {type(modules[local]).__name__}, "
+                                f"not a Conv1d/Conv2d")
+        matched[local] = name
+    info.structure_component = prefix
+    return matched
+
+
+def _checkpoint_fits(model_keys: set[str], convs: dict[str, nn.Module]):
+    def fits(key: str) -> bool:
+        if key.replace(".op_layer.", ".") in model_keys:
+            return True
+        layer, _, leaf = key.rpartition(".")
+        return layer in convs and leaf in ALPHA_KEYS + RFCONV_BUFFERS
+    return fits
+
+
+def _conv_tensors(state: StateDict, name: str, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    for stem in (f"{name}.op_layer.", f"{name}."):
+        if stem + "weight" in state:
+            return state[stem + "weight"], state.get(stem + "bias")
+    raise RFDeployError(f"{path}: no weight for searched layer '{name}'")
+
+
+def _searched_conv(conv: nn.Module, weight, bias, alphas, geometry: Geometry, name: str, path: str) -> SearchedConv:
+    if tuple(weight.shape) != tuple(conv.weight.shape):
+        raise RFDeployError(f"{path}: layer '{name}' has weight shape {list(weight.shape)}, "
+                            f"the model expects {list(conv.weight.shape)}")
+    if (bias is None) != (conv.bias is None) and bias is not None and bias.shape[0] != conv.weight.shape[0]:
+        raise RFDeployError(f"{path}: layer '{name}' bias does not fit the model")
+    if alphas.dim() != 1 or alphas.numel() < len(geometry.rates):
+        raise RFDeployError(f"{path}: layer '{name}' has {alphas.numel()} alphas for {len(geometry.rates)} rates")
+    return SearchedConv(weight.float(), None if bias is None else bias.float(), alphas.float(), geometry.rates,
+                        geometry.paddings, conv.stride, conv.groups, geometry.branch_relu, geometry.always_mix)
+
+
+def _rfconv_geometry(state: StateDict, name: str, kernel_size) -> tuple[Geometry, torch.Tensor]:
+    count = int(state[f"{name}.num_rates"].reshape(-1)[0])
+    rates = [tuple(int(v) for v in row) for row in state[f"{name}.rates"][:count].tolist()]
+    paddings = [tuple(r * (k - 1) // 2 for r, k in zip(rate, kernel_size)) for rate in rates]
+    return Geometry(rates, paddings), state[f"{name}.sample_weights"]
+
+
+def build_searched(model: nn.Module, structure: Structure | None, state: StateDict | None,
+                   checkpoint_path: str = "<checkpoint>") -> tuple[nn.Module, LoadInfo]:
+    """The searched model: ``model`` with each searched conv replaced by a ``SearchedConv``."""
+    info = LoadInfo(structure_format=structure.format if structure else None)
+    searched = copy.deepcopy(model).eval()
+    convs = _conv_names(searched)
+    entries = match_structure(structure, searched, info) if structure else {}
+    local = _localise(searched, convs, state, checkpoint_path, info) if state is not None else None
+    replacements: dict[str, SearchedConv] = {}
+    for name, conv in convs.items():
+        replacement = _replacement(name, conv, entries, structure, local, checkpoint_path, info)
+        if replacement is not None:
+            replacements[name] = replacement
+    for name, replacement in replacements.items():
+        parent, _, child = name.rpartition(".")
+        setattr(searched.get_submodule(parent) if parent else searched, child, replacement)
+    if local is not None:
+        _load_remaining(searched, local, set(replacements), checkpoint_path, info)
+    return searched, info
+
+
+def _localise(model, convs, state, path, info) -> StateDict:
+    """The checkpoint's keys for this model: ``module.`` dropped, component prefix found and removed."""
+    state = _strip_module(state)
+    model_keys = set(model.state_dict())
+    prefix, count = best_component(list(state), _checkpoint_fits(model_keys, convs))
+    if count == 0:
+        raise RFDeployError(f"{path}: no tensor fits the model (first key: '{next(iter(state))}'); wrong --model?")
+    info.checkpoint_component = prefix
+    local = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    info.ignored_keys = len(state) - len(local)
+    return local
+
+
+def _replacement(name, conv, entries, structure, local, path, info) -> SearchedConv | None:
+    kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
+    if local is not None and f"{name}.num_rates" in local:
+        geometry, alphas = _rfconv_geometry(local, name, kernel_size)
+        info.checkpoint_format = "rfconv"
+        info.searched.append(name)
+        return _searched_conv(conv, local[f"{name}.weight"], local.get(f"{name}.bias"), alphas, geometry, name, path)
+    alpha_key = next((f"{name}.{k}" for k in ALPHA_KEYS if local is not None and f"{name}.{k}" in local), None)
+    if alpha_key is not None:
+        if name not in entries:
+            where = f"structure {structure.path} has no entry for it" if structure else "no --structure was given"
+            raise RFDeployError(f"{path}: layer '{name}' is searched ({alpha_key}) but {where}")
+        weight, bias = _conv_tensors(local, name, path)
+        info.searched.append(name)
+        return _searched_conv(conv, weight, bias, local[alpha_key], structure.searched(entries[name], kernel_size, stride),
+                              name, path)
+    if name not in entries:
+        return None
+    if local is None:  # a structure alone: the model's own weights, alphas at their initial (equal) value
+        geometry = structure.searched(entries[name], kernel_size, stride)
+        info.searched.append(name)
+        alphas = torch.full((len(geometry.rates),), structure.init_alpha)
+        return _searched_conv(conv, conv.weight, conv.bias, alphas, geometry, name, path)
+    weight, bias = _conv_tensors(local, name, path)
+    info.single_branch.append(name)
+    return _searched_conv(conv, weight, bias, torch.ones(1), structure.single(entries[name], kernel_size, stride), name, path)
+
+
+def _load_remaining(model: nn.Module, local: StateDict, replaced: set[str], path: str, info: LoadInfo) -> None:
+    """Every tensor the searched model still expects, from the checkpoint, shapes checked."""
+    consumed = {f"{n}.{leaf}" for n in replaced
+                for leaf in ("weight", "bias", "op_layer.weight", "op_layer.bias") + ALPHA_KEYS + RFCONV_BUFFERS}
+    expected = {k: v for k, v in model.state_dict().items()
+                if k.rpartition(".")[0] not in replaced}
+    missing = [k for k in expected if k not in local and not k.endswith("num_batches_tracked")]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise RFDeployError(f"{path}: lacks '{missing[0]}'{more} that the model needs; wrong --model?")
+    for key, tensor in expected.items():
+        if key in local and tuple(local[key].shape) != tuple(tensor.shape):
+            raise RFDeployError(f"{path}: '{key}' has shape {list(local[key].shape)}, "
+                                f"the model expects {list(tensor.shape)}")
+    model.load_state_dict({k: local[k] for k in expected if k in local}, strict=False)
+    unused = [k for k in local if k not in expected and k not in consumed]
+    info.ignored_keys += len(unused)
+    if unused:
+        info.notes.append(f"{len(unused)} checkpoint tensor(s) fit no layer, e.g. '{unused[0]}'")
+
+
+def structure_rates(model: nn.Module, structure_path: str | Path) -> dict[str, list[tuple[int, ...]]]:
+    """The searched branch rates per model conv name, from a structure file alone."""
+    structure = load_structure(structure_path)
+    info = LoadInfo()
+    entries = match_structure(structure, model, info)
+    convs = _conv_names(model)
+    return {name: structure.searched(entry, tuple(convs[name].kernel_size), tuple(convs[name].stride)).rates
+            for name, entry in entries.items()}
