@@ -76,7 +76,8 @@ def _layer_rows(result: CompileResult) -> list[dict]:
 def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
            input_shapes: list[tuple[int, ...]] | None = None, opset: int = 17, dynamic_batch: bool = False,
            out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
-           choices: dict[str, str] | None = None, write: bool = True, progress=None) -> ExportResult:
+           choices: dict[str, str] | None = None, write: bool = True, progress=None,
+           tune: str | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     ``DIR/model.onnx`` and ``DIR/report.json`` are replaced only when verification passes; a failing
@@ -88,6 +89,13 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     shapes = input_shapes or loaded.input_shapes
     if not shapes:
         raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
+    tuning = None
+    if tune:
+        from rfdeploy.tune import tune_lowerings
+
+        step(f"timing each layer's lowerings on {tune}")
+        tuning = tune_lowerings(loaded.searched, shapes, tune)
+        choices = {**tuning.choices, **(choices or {})}
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)
     step("exporting ONNX")
@@ -113,6 +121,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "onnx_ops": counts,
         "search_ops_left": leftover,
         "verification": verification,
+        "tuning": tuning.to_json() if tuning else None,
     }
     exported = ExportResult(report, onnx_model, result.model, Path(out))
     if write:
