@@ -171,6 +171,13 @@ def _localise(model, convs, state, path, info) -> StateDict:
     return local
 
 
+def searched_rule(alpha_key: str, structure: Structure) -> str:
+    """The op that trained a layer, from its alpha key: the checkpoint decides, not the structure file."""
+    if alpha_key.endswith(".branch_weights"):
+        return "mmcv"
+    return "g2l" if structure.format == "g2l" else "research"
+
+
 def _replacement(name, conv, entries, structure, local, path, info) -> SearchedConv | None:
     kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
     if local is not None and f"{name}.num_rates" in local:
@@ -184,9 +191,13 @@ def _replacement(name, conv, entries, structure, local, path, info) -> SearchedC
             where = f"structure {structure.path} has no entry for it" if structure else "no --structure was given"
             raise RFDeployError(f"{path}: layer '{name}' is searched ({alpha_key}) but {where}")
         weight, bias = _conv_tensors(local, name, path)
+        alphas = local[alpha_key]
+        rule = searched_rule(alpha_key, structure)
+        branches = alphas.numel() if rule == "mmcv" else None  # mmcv stores num_branches alphas, always
+        geometry = structure.searched(entries[name], kernel_size, stride, rule, branches)
+        info.checkpoint_format = rule
         info.searched.append(name)
-        return _searched_conv(conv, weight, bias, local[alpha_key], structure.searched(entries[name], kernel_size, stride),
-                              name, path)
+        return _searched_conv(conv, weight, bias, alphas, geometry, name, path)
     if name not in entries:
         return None
     if local is None:  # a structure alone: the model's own weights, alphas at their initial (equal) value

@@ -8,7 +8,7 @@ adds; where a file holds a layer under both spellings, the unprefixed (live) ent
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rfdeploy import rates as R
@@ -36,39 +36,49 @@ class Structure:
     init_alpha: float
     stale_entries: int = 0  # `module.` entries shadowed by a live unprefixed one
 
-    def searched(self, name: str, kernel_size: R.Rate, stride: R.Rate) -> Geometry:
-        """The branches of the searched conv ``name`` (a multi-branch checkpoint)."""
-        centre = self._centre(name, len(kernel_size))
-        if self.format == "mmcv":
-            rates = R.mmcv_rates(centre, kernel_size, self.expansion)
+    def searched(self, name: str, kernel_size: R.Rate, stride: R.Rate, rule: str | None = None,
+                 num_branches: int | None = None) -> Geometry:
+        """The branches of the searched conv ``name`` (a multi-branch checkpoint).
+
+        ``rule`` is the op that trained it ("mmcv", "research", "g2l"; default: this file's format). The
+        checkpoint decides: a published research-format file retrained with mmcv's RFSearchHook gives an
+        mmcv op (``branch_weights``), with mmcv's rates and paddings.
+        """
+        rule = rule or self.format
+        expansion = self.expansion if num_branches is None else replace(self.expansion, num_branches=num_branches)
+        centre = self._centre(name, len(kernel_size), rule)
+        if rule == "mmcv":
+            rates = R.mmcv_rates(centre, kernel_size, expansion)
             return Geometry(rates, [R.mmcv_padding(kernel_size, stride, r) for r in rates])
         dims = len(kernel_size)
-        if self.format == "research":
-            scalar = R.research_rates(centre[0], self.expansion.num_branches, self.expansion)
+        if rule == "research":
+            scalar = R.research_rates(centre[0], expansion.num_branches, expansion)
             return Geometry([(r,) * dims for r in scalar], [R.research_padding(kernel_size, r) for r in scalar],
                             always_mix=True)
-        scalar = R.g2l_rates(centre[0], self.expansion)
+        scalar = R.g2l_rates(centre[0], expansion)
         return Geometry([(r,) * dims for r in scalar], [(r,) * dims for r in scalar], branch_relu=True,
                         always_mix=True)
 
     def single(self, name: str, kernel_size: R.Rate, stride: R.Rate) -> Geometry:
-        """The one dilation of a conv retrained with its searched rate (``fixed_single_branch``)."""
-        centre = self._centre(name, len(kernel_size))
-        if self.format == "mmcv":
-            return Geometry([centre], [R.mmcv_padding(kernel_size, stride, centre)])
-        if self.format == "research":
-            return Geometry([centre], [R.research_padding(kernel_size, centre[0])])
-        return Geometry([centre], [centre])
+        """The one dilation of a conv retrained with its searched rate (``fixed_single_branch``).
 
-    def _centre(self, name: str, dims: int) -> Centre:
+        Retraining is mmcv's ``set_model`` (padding ``get_single_padding``) for either image format;
+        G2L pads by the dilation.
+        """
+        centre = self._centre(name, len(kernel_size), "mmcv" if self.format != "g2l" else "g2l")
+        if self.format == "g2l":
+            return Geometry([centre], [centre])
+        return Geometry([centre], [R.mmcv_padding(kernel_size, stride, centre)])
+
+    def _centre(self, name: str, dims: int, rule: str) -> Centre:
         centre = self.centres[name]
         if len(centre) == 1:
             return centre * dims
         if len(centre) != dims:
             raise RFDeployError(f"{self.path}: entry '{name}' has {len(centre)} dilations for a {dims}-D conv")
-        if self.format != "mmcv" and len(set(centre)) > 1:
+        if rule != "mmcv" and len(set(centre)) > 1:
             raise RFDeployError(f"{self.path}: entry '{name}' has unequal dilations {list(centre)}, "
-                                f"but the {self.format} format searches one rate for both dims")
+                                f"but the {rule} op searches one rate for both dims")
         return centre
 
 
