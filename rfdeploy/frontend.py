@@ -85,17 +85,19 @@ def match_structure(structure: Structure, model: nn.Module, info: LoadInfo) -> d
     names = list(structure.centres)
     prefix, count = best_component(names, lambda n: n in modules)
     if count == 0:
-        raise RFDeployError(f"{structure.path}: no entry names a layer of the model (first entry: '{names[0]}')")
+        raise RFDeployError(f"{structure.path}: no entry names a layer of the model "
+                            f"(first entry: '{structure.spelling[names[0]]}')")
     matched = {}
     for name in names:
+        written = structure.spelling[name]
         if not name.startswith(prefix):
-            info.skipped_entries.append(name)
+            info.skipped_entries.append(written)
             continue
         local = name[len(prefix):]
         if local not in modules:
-            raise RFDeployError(f"{structure.path}: entry '{name}' matches no layer of the model")
+            raise RFDeployError(f"{structure.path}: entry '{written}' matches no layer of the model")
         if not isinstance(modules[local], CONVS):
-            raise RFDeployError(f"{structure.path}: entry '{name}' names a {type(modules[local]).__name__}, "
+            raise RFDeployError(f"{structure.path}: entry '{written}' names a {type(modules[local]).__name__}, "
                                 f"not a Conv1d/Conv2d")
         matched[local] = name
     info.structure_component = prefix

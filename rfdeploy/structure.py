@@ -34,6 +34,7 @@ class Structure:
     expansion: R.Expansion
     centres: dict[str, Centre]
     init_alpha: float
+    spelling: dict[str, str]  # name without `module.` -> the key as the file writes it
     stale_entries: int = 0  # `module.` entries shadowed by a live unprefixed one
 
     def searched(self, name: str, kernel_size: R.Rate, stride: R.Rate, rule: str | None = None,
@@ -89,20 +90,19 @@ def _centre_of(value, path: Path, name: str) -> Centre:
     return tuple(values)
 
 
-def _live_names(entries: dict, path: Path) -> tuple[dict[str, Centre], int]:
+def _live_names(entries: dict, path: Path) -> tuple[dict[str, Centre], dict[str, str], int]:
     live: dict[str, Centre] = {}
+    spelling: dict[str, str] = {}
     stale = 0
-    for name, value in entries.items():  # unprefixed entries first: they are the live ones
-        if not name.startswith("module."):
-            live[name] = _centre_of(value, path, name)
-    for name, value in entries.items():
-        if name.startswith("module."):
-            bare = name[len("module."):]
-            if bare in live:
-                stale += 1
-            else:
-                live[bare] = _centre_of(value, path, name)
-    return live, stale
+    unprefixed_first = sorted(entries, key=lambda name: name.startswith("module."))  # those are the live ones
+    for name in unprefixed_first:
+        bare = name[len("module."):] if name.startswith("module.") else name
+        if bare in live:
+            stale += 1
+            continue
+        live[bare] = _centre_of(entries[name], path, name)
+        spelling[bare] = name
+    return live, spelling, stale
 
 
 def _number(config: dict, key: str, path: Path, default=None):
@@ -140,8 +140,8 @@ def load_structure(path: str | Path) -> Structure:
         raise RFDeployError(f"{path}: {branches} branches; RF-Next searches with 2 or 3")
     expansion = R.Expansion(float(_number(config, "exp_rate", path)), int(_number(config, "mmin", path, 1)),
                             int(_number(config, "mmax", path, 10**9)), int(branches))
-    centres, stale = _live_names(entries, path)
+    centres, spelling, stale = _live_names(entries, path)
     if not centres:
         raise RFDeployError(f"{path}: names no layers")
     init_alpha = float(config.get("init_alphas", 0.01) or 0.01)
-    return Structure(str(path), fmt, expansion, centres, init_alpha, stale)
+    return Structure(str(path), fmt, expansion, centres, init_alpha, spelling, stale)

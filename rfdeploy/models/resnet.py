@@ -151,7 +151,8 @@ def randomize_weights(
     for module in model.modules():
         if hasattr(module, "last_norm"):
             module.last_norm.weight.uniform_(*residual_gain)
-    calibrate_batchnorm(model, torch.randn(calibration_shape, dtype=torch.float64))
+    if not next(model.parameters()).is_meta:  # shapes only (recognising a checkpoint): nothing to measure
+        calibrate_batchnorm(model, torch.randn(calibration_shape, dtype=torch.float64))
     return model
 
 
