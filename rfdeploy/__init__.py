@@ -1,3 +1,7 @@
 """rfdeploy: compile receptive-field-searched CNNs into exact plain-conv models."""
 
+from rfdeploy.api import ExportResult, Loaded, compile, export, load
+from rfdeploy.errors import RFDeployError
+
 __version__ = "0.1.0"
+__all__ = ["ExportResult", "Loaded", "RFDeployError", "compile", "export", "load", "__version__"]
