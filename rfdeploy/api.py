@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
+import torch
 from torch import nn
 
 from rfdeploy import recognise
@@ -44,8 +45,10 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | None = None,
     if isinstance(model, str):
         plain, default_shape = load_model(model)
         name = model
-    else:
+    elif isinstance(model, nn.Module):
         plain, default_shape, name = model.eval(), getattr(model, "default_input_shape", None), type(model).__name__
+    else:
+        raise RFDeployError(f"model must be a zoo name, 'package.module:callable' or an nn.Module, not {model!r}")
     searched, info = build_searched(plain, parsed, state, str(ckpt))
     return Loaded(searched, info, name, [tuple(default_shape)] if default_shape else None, recognised)
 
@@ -96,6 +99,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         step(f"timing each layer's lowerings on {tune}")
         tuning = tune_lowerings(loaded.searched, shapes, tune)
         choices = {**tuning.choices, **(choices or {})}
+    _check_runs(loaded, shapes)
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)
     step("exporting ONNX")
@@ -127,6 +131,18 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     if write:
         _write(exported)
     return exported
+
+
+def _check_runs(loaded: Loaded, shapes: list[tuple[int, ...]]) -> None:
+    """The searched model runs on inputs of these shapes, or a one-line error saying it does not."""
+    try:
+        with torch.no_grad():
+            loaded.searched(*random_inputs(shapes, 0))
+    except Exception as error:  # any failure of the user's model on this shape
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        written = " ".join(",".join(map(str, shape)) for shape in shapes)
+        raise RFDeployError(f"model '{loaded.model_name}' does not run on input shape {written}: "
+                            f"{first_line[:200]}") from None
 
 
 def _write(result: ExportResult) -> None:

@@ -17,10 +17,10 @@ def write_all(directory: Path, files: dict[str, bytes]) -> list[Path]:
             with os.fdopen(handle, "wb") as file:
                 file.write(data)
             staged.append((name, Path(temporary)))
-        for name, temporary in staged:
-            os.replace(temporary, directory / name)
+        for name, staged_path in staged:
+            os.replace(staged_path, directory / name)
     except BaseException:
-        for _, temporary in staged:
-            temporary.unlink(missing_ok=True)
+        for _, staged_path in staged:
+            staged_path.unlink(missing_ok=True)
         raise
     return [directory / name for name in files]

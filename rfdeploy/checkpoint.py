@@ -48,10 +48,8 @@ _inert_pickle.load = lambda file, **kwargs: _InertUnpickler(file, **kwargs).load
 def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error) and "not an allowed global" not in str(error):
-            raise
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
+    except pickle.UnpicklingError:  # a global outside torch's allow-list: load it inert instead
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
 
 
 def _read(path: Path):

@@ -11,12 +11,20 @@ from rfdeploy.errors import RFDeployError
 COMMANDS = ("export", "bench", "analyze", "models", "demo")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Usage mistakes as one ``rfdeploy: error:`` line and exit 2, like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"rfdeploy: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="rfdeploy",
         description="Compile receptive-field-searched CNNs into exact plain-conv ONNX / TensorRT.",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=OneLineErrors)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"rfdeploy.commands.{name}")

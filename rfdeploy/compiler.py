@@ -74,7 +74,8 @@ def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
             branches_after=len(lowered.branches),
             notes=list(lowered.notes),
         ))
-    folded, bn_note = [], None
+    folded: list[str] = []
+    bn_note = None
     if fold_bn:
         model, folded, bn_note = fold_batchnorm(model)
     return CompileResult(model, reports, folded, bn_note)

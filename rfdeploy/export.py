@@ -38,7 +38,8 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, tuple(inputs), buffer, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, tuple(inputs), buffer, dynamo=False,  # type: ignore[arg-type]
+                              opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
     except Exception as error:  # torch raises many types for unexportable models

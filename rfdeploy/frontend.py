@@ -15,10 +15,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy import models
 from rfdeploy.checkpoint import StateDict
 from rfdeploy.errors import RFDeployError
+from rfdeploy.rates import centred_padding, mmcv_padding
 from rfdeploy.searched import SearchedConv
 from rfdeploy.structure import Geometry, Structure, load_structure
 
@@ -75,7 +77,7 @@ def _strip_module(state: StateDict) -> StateDict:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _conv_names(model: nn.Module) -> dict[str, nn.Module]:
+def _conv_names(model: nn.Module) -> dict[str, _ConvNd]:
     return {name: m for name, m in model.named_modules() if isinstance(m, CONVS)}
 
 
@@ -120,23 +122,28 @@ def _conv_tensors(state: StateDict, name: str, path: str) -> tuple[torch.Tensor,
     raise RFDeployError(f"{path}: no weight for searched layer '{name}'")
 
 
-def _searched_conv(conv: nn.Module, weight, bias, alphas, geometry: Geometry, name: str, path: str) -> SearchedConv:
+def _searched_conv(conv: _ConvNd, weight: torch.Tensor, bias: torch.Tensor | None, alphas: torch.Tensor,
+                   geometry: Geometry, name: str, path: str) -> SearchedConv:
     if tuple(weight.shape) != tuple(conv.weight.shape):
         raise RFDeployError(f"{path}: layer '{name}' has weight shape {list(weight.shape)}, "
                             f"the model expects {list(conv.weight.shape)}")
-    if (bias is None) != (conv.bias is None) and bias is not None and bias.shape[0] != conv.weight.shape[0]:
-        raise RFDeployError(f"{path}: layer '{name}' bias does not fit the model")
+    if bias is not None and tuple(bias.shape) != (conv.weight.shape[0],):
+        raise RFDeployError(f"{path}: layer '{name}' has bias shape {list(bias.shape)}, "
+                            f"the model expects [{conv.weight.shape[0]}]")
     if alphas.dim() != 1 or alphas.numel() < len(geometry.rates):
         raise RFDeployError(f"{path}: layer '{name}' has {alphas.numel()} alphas for {len(geometry.rates)} rates")
     return SearchedConv(weight.float(), None if bias is None else bias.float(), alphas.float(), geometry.rates,
                         geometry.paddings, conv.stride, conv.groups, geometry.branch_relu, geometry.always_mix)
 
 
-def _rfconv_geometry(state: StateDict, name: str, kernel_size) -> tuple[Geometry, torch.Tensor]:
+def _rfconv_geometry(state: StateDict, name: str, conv: _ConvNd) -> tuple[Geometry, torch.Tensor]:
+    """RFConv2d's live rates; one rate runs ``nn.Conv2d.forward`` with the padding its estimate set."""
     count = int(state[f"{name}.num_rates"].reshape(-1)[0])
     rates = [tuple(int(v) for v in row) for row in state[f"{name}.rates"][:count].tolist()]
-    paddings = [tuple(r * (k - 1) // 2 for r, k in zip(rate, kernel_size)) for rate in rates]
-    return Geometry(rates, paddings), state[f"{name}.sample_weights"]
+    kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
+    if count == 1:
+        return Geometry(rates, [mmcv_padding(kernel_size, stride, rates[0])]), state[f"{name}.sample_weights"]
+    return Geometry(rates, [centred_padding(kernel_size, r) for r in rates]), state[f"{name}.sample_weights"]
 
 
 def build_searched(model: nn.Module, structure: Structure | None, state: StateDict | None,
@@ -180,16 +187,17 @@ def searched_rule(alpha_key: str, structure: Structure) -> str:
     return "g2l" if structure.format == "g2l" else "research"
 
 
-def _replacement(name, conv, entries, structure, local, path, info) -> SearchedConv | None:
+def _replacement(name: str, conv: _ConvNd, entries: dict[str, str], structure: Structure | None,
+                 local: StateDict | None, path: str, info: LoadInfo) -> SearchedConv | None:
     kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
     if local is not None and f"{name}.num_rates" in local:
-        geometry, alphas = _rfconv_geometry(local, name, kernel_size)
+        geometry, alphas = _rfconv_geometry(local, name, conv)
         info.checkpoint_format = "rfconv"
         info.searched.append(name)
         return _searched_conv(conv, local[f"{name}.weight"], local.get(f"{name}.bias"), alphas, geometry, name, path)
     alpha_key = next((f"{name}.{k}" for k in ALPHA_KEYS if local is not None and f"{name}.{k}" in local), None)
-    if alpha_key is not None:
-        if name not in entries:
+    if alpha_key is not None and local is not None:
+        if structure is None or name not in entries:
             where = f"structure {structure.path} has no entry for it" if structure else "no --structure was given"
             raise RFDeployError(f"{path}: layer '{name}' is searched ({alpha_key}) but {where}")
         weight, bias = _conv_tensors(local, name, path)
@@ -200,7 +208,7 @@ def _replacement(name, conv, entries, structure, local, path, info) -> SearchedC
         info.checkpoint_format = rule
         info.searched.append(name)
         return _searched_conv(conv, weight, bias, alphas, geometry, name, path)
-    if name not in entries:
+    if structure is None or name not in entries:
         return None
     if local is None:  # a structure alone: the model's own weights, alphas at their initial (equal) value
         geometry = structure.searched(entries[name], kernel_size, stride)

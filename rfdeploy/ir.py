@@ -7,9 +7,11 @@ plain torch modules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy.rates import Rate
 from rfdeploy.searched import SearchedConv
@@ -66,10 +68,8 @@ def from_searched(name: str, module: SearchedConv) -> ConvIR:
     return ConvIR(name, module.stride, module.groups, tuple(branches), module.branch_relu)
 
 
-def scaled(tensor: torch.Tensor | None, alpha: float) -> torch.Tensor | None:
+def scaled(tensor: torch.Tensor, alpha: float) -> torch.Tensor:
     """``alpha * tensor`` computed in float64, returned in the tensor's dtype."""
-    if tensor is None:
-        return None
     return (tensor.double() * alpha).to(tensor.dtype)
 
 
@@ -82,12 +82,10 @@ class BranchSum(nn.Module):
         self.branch_relu = branch_relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        for conv in self.convs:
-            y = conv(x)
-            if self.branch_relu:
-                y = torch.relu(y)
-            out = y if out is None else out + y
+        outputs = [torch.relu(conv(x)) if self.branch_relu else conv(x) for conv in self.convs]
+        out = outputs[0]
+        for y in outputs[1:]:
+            out = out + y
         return out
 
 
@@ -97,15 +95,15 @@ class ConvReLU(nn.Sequential):
 
 def plain_conv(branch: Branch, stride: Rate, groups: int) -> nn.Module:
     weight = scaled(branch.weight, branch.alpha)
-    bias = scaled(branch.bias, branch.alpha)
     out_channels, in_per_group = weight.shape[:2]
     conv_cls = {1: nn.Conv1d, 2: nn.Conv2d}[weight.dim() - 2]
-    conv = conv_cls(in_per_group * groups, out_channels, branch.kernel_size, stride=stride,
-                    padding=branch.padding, dilation=branch.rate, groups=groups, bias=bias is not None)
+    geometry: dict[str, Any] = dict(kernel_size=branch.kernel_size, stride=stride, padding=branch.padding,
+                                    dilation=branch.rate, groups=groups, bias=branch.bias is not None)
+    conv: _ConvNd = conv_cls(in_per_group * groups, out_channels, **geometry)
     with torch.no_grad():
         conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
+        if conv.bias is not None and branch.bias is not None:
+            conv.bias.copy_(scaled(branch.bias, branch.alpha))
     return conv
 
 

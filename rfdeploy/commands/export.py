@@ -31,10 +31,9 @@ def add_parser(subparsers) -> None:
 
 def main_from(argv: list[str]) -> int:
     """Run ``rfdeploy export`` with these arguments (used by ``rfdeploy demo``)."""
-    parser = argparse.ArgumentParser(prog="rfdeploy export")
-    add_parser(parser.add_subparsers())
-    # add_parser registers a sub-command; parse through it so defaults stay in one place
-    return run(parser.parse_args(["export", *argv]))
+    from rfdeploy.cli import build_parser
+
+    return run(build_parser().parse_args(["export", *argv]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict] = []
     for entry in models.entries():
         model = models.build(entry.name)
         params = sum(p.numel() for p in model.parameters())

@@ -94,8 +94,8 @@ def make_res2_layer(
             nn.BatchNorm2d(outplanes),
         )
     widths = {"scales": scales, "base_width": base_width, "base_channels": base_channels}
-    blocks = [Bottle2neck(inplanes, planes, stride, downsample, stage_type="stage", **widths)]
-    blocks += [Bottle2neck(outplanes, planes, **widths) for _ in range(1, num_blocks)]
+    blocks = [Bottle2neck(inplanes, planes, stride, downsample, stage_type="stage", **widths)]  # type: ignore[arg-type]
+    blocks += [Bottle2neck(outplanes, planes, **widths) for _ in range(1, num_blocks)]  # type: ignore[arg-type]
     return nn.Sequential(*blocks)
 
 

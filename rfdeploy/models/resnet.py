@@ -149,8 +149,9 @@ def randomize_weights(
             module.weight.uniform_(0.5, 1.5)
             module.bias.normal_(0.0, 0.1)
     for module in model.modules():
-        if hasattr(module, "last_norm"):
-            module.last_norm.weight.uniform_(*residual_gain)
+        last_norm = getattr(module, "last_norm", None)
+        if isinstance(last_norm, nn.BatchNorm2d):
+            last_norm.weight.uniform_(*residual_gain)
     if not next(model.parameters()).is_meta:  # shapes only (recognising a checkpoint): nothing to measure
         calibrate_batchnorm(model, torch.randn(calibration_shape, dtype=torch.float64))
     return model
@@ -171,7 +172,8 @@ def calibrate_batchnorm(model: nn.Module, batch: Tensor) -> None:
     model.to(dtype).train(was_training)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
-        norm.num_batches_tracked.zero_()
+        if norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.zero_()
 
 
 @register("resnet50", input_shape=(1, 3, 224, 224), description="mmdet ResNet depth 50, style pytorch")

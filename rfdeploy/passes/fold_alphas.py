@@ -15,6 +15,6 @@ def fold_alphas(ir: ConvIR) -> ConvIR:
         return ir
     if ir.branch_relu and any(branch.alpha < 0 for branch in ir.branches):
         raise NotApplicable("a negative alpha does not commute with the ReLU inside the branch")
-    folded = [Branch(b.rate, b.padding, 1.0, scaled(b.weight, b.alpha), scaled(b.bias, b.alpha))
-              for b in ir.branches]
+    folded = [Branch(b.rate, b.padding, 1.0, scaled(b.weight, b.alpha),
+                     None if b.bias is None else scaled(b.bias, b.alpha)) for b in ir.branches]
     return ir.with_branches(folded)

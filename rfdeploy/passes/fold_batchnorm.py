@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy.ir import BranchSum, ConvReLU
 from rfdeploy.searched import SearchedConv
@@ -24,16 +26,17 @@ class _LeafTracer(fx.Tracer):
         return isinstance(module, (BranchSum, ConvReLU, SearchedConv)) or super().is_leaf_module(module, qualname)
 
 
-def _foldable_convs(module: nn.Module) -> list[nn.Module] | None:
+def _foldable_convs(module: nn.Module) -> list[_ConvNd] | None:
     if isinstance(module, _CONVS):
         return [module]
     if isinstance(module, BranchSum) and not module.branch_relu:
-        return list(module.convs)
+        return [conv for conv in module.convs if isinstance(conv, _ConvNd)]
     return None
 
 
 @torch.no_grad()
-def _fold(convs: list[nn.Module], bn: nn.Module) -> None:
+def _fold(convs: list[_ConvNd], bn: _BatchNorm) -> None:
+    assert bn.running_var is not None and bn.running_mean is not None
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(bn.running_var.double())
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(gamma)
     scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -41,8 +44,8 @@ def _fold(convs: list[nn.Module], bn: nn.Module) -> None:
     for index, conv in enumerate(convs):
         conv.weight.copy_(conv.weight.double() * scale.view(shape))
         bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        shift = beta - bn.running_mean.double() * scale if index == 0 else 0.0
-        new_bias = bias * scale + shift
+        shift = beta - bn.running_mean.double() * scale
+        new_bias = bias * scale + (shift if index == 0 else 0.0)
         if conv.bias is None:
             conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
         else:
@@ -57,19 +60,20 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, batchnorm name) for every BatchNorm fed only by a conv used nowhere else."""
     graph = _LeafTracer().trace(model)
+    module_calls = [node for node in graph.nodes if node.op == "call_module"]
     calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in module_calls:
+        calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _BATCHNORMS):
-            continue
+    for node in module_calls:
+        bn_name = str(node.target)
         source = node.args[0]
-        if (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
-                and calls[source.target] == 1 and calls[node.target] == 1
-                and _foldable_convs(model.get_submodule(source.target)) is not None):
-            pairs.append((source.target, node.target))
+        if not isinstance(model.get_submodule(bn_name), _BATCHNORMS) or not isinstance(source, fx.Node):
+            continue
+        conv_name = str(source.target)
+        if (source.op == "call_module" and len(source.users) == 1 and calls[conv_name] == 1
+                and calls[bn_name] == 1 and _foldable_convs(model.get_submodule(conv_name)) is not None):
+            pairs.append((conv_name, bn_name))
     return pairs
 
 
@@ -84,9 +88,10 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str], str | None]:
     folded = []
     for conv_name, bn_name in pairs:
         bn = model.get_submodule(bn_name)
-        if bn.running_var is None:  # track_running_stats=False normalises with batch statistics
-            continue
-        _fold(_foldable_convs(model.get_submodule(conv_name)), bn)
+        convs = _foldable_convs(model.get_submodule(conv_name))
+        if not isinstance(bn, _BatchNorm) or bn.running_var is None or not convs:
+            continue  # track_running_stats=False normalises with batch statistics: nothing to fold
+        _fold(convs, bn)
         _set_submodule(model, bn_name, nn.Identity())
         folded.append(bn_name)
     return model, folded, None

@@ -53,6 +53,6 @@ def lower_single(ir: ConvIR) -> ConvIR:
             window.append(slice(start, start + step * (b.kernel_size[dim] - 1) + 1, step))
         weight[tuple(window)] += b.weight.double() * b.alpha
     biases = [b.bias.double() * b.alpha for b in ir.branches if b.bias is not None]
-    bias = sum(biases).to(first.weight.dtype) if biases else None
+    bias = torch.stack(biases).sum(0).to(first.weight.dtype) if biases else None
     merged = Branch(tuple(dilations), tuple(paddings), 1.0, weight.to(first.weight.dtype), bias)
     return ir.with_branches([merged], lowering="single")

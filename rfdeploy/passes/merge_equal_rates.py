@@ -8,6 +8,8 @@ each branch, only branches sharing one weight and bias with alphas ``>= 0`` merg
 
 from __future__ import annotations
 
+import torch
+
 from rfdeploy.ir import Branch, ConvIR
 
 
@@ -18,9 +20,9 @@ def _merged(group: list[Branch], branch_relu: bool) -> list[Branch]:
         return [Branch(first.rate, first.padding, sum(b.alpha for b in group), first.weight, first.bias)]
     if branch_relu:
         return group
-    weight = sum(b.weight.double() * b.alpha for b in group).to(first.weight.dtype)
+    weight = torch.stack([b.weight.double() * b.alpha for b in group]).sum(0).to(first.weight.dtype)
     biases = [b.bias.double() * b.alpha for b in group if b.bias is not None]
-    bias = sum(biases).to(first.weight.dtype) if biases else None
+    bias = torch.stack(biases).sum(0).to(first.weight.dtype) if biases else None
     return [Branch(first.rate, first.padding, 1.0, weight, bias)]
 
 
