@@ -24,14 +24,23 @@ def plain_signature(state: StateDict) -> dict[str, tuple[int, ...]]:
 
 
 @functools.cache
-def zoo_signature(name: str) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of a zoo model's state dict; built on the meta device where its builder allows."""
+def _shapes_only(name: str) -> torch.nn.Module:
+    """A zoo model without real weights: built on the meta device where its builder allows."""
     try:
         with torch.device("meta"):
-            state = models.get(name).builder().state_dict()
+            return models.get(name).builder()
     except Exception:  # builders that run a forward (e.g. BatchNorm calibration) need real tensors
-        state = models.build(name).state_dict()
-    return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        return models.build(name)
+
+
+def zoo_signature(name: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of a zoo model's state dict."""
+    return {k: tuple(v.shape) for k, v in _shapes_only(name).state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def zoo_parameters(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    return [(k, tuple(p.shape)) for k, p in _shapes_only(name).named_parameters()]
 
 
 def _fits(entry: models.ZooEntry, signature: dict[str, tuple[int, ...]]) -> bool:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from rich.console import Console
 from rich.table import Table
 
 from rfdeploy import models
+from rfdeploy.recognise import zoo_parameters
 
 
 def add_parser(subparsers) -> None:
@@ -20,8 +22,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     for entry in models.entries():
-        model = models.build(entry.name)
-        params = sum(p.numel() for p in model.parameters())
+        params = sum(math.prod(shape) for _, shape in zoo_parameters(entry.name))
         rows.append({"name": entry.name, "params": params, "input_shape": list(entry.input_shape),
                      "description": entry.description})
     if args.json:
