@@ -1,0 +1,186 @@
+"""``rfdeploy analyze``: every layer's receptive field, and which layers add no context at an input size.
+
+A layer is unproductive when the receptive field of its input already exceeds the input size in every
+dimension; the border layer is the first whose own receptive field does. With ``--structure`` (and
+optionally ``--ckpt``) the searched dilations are used, and compared with the plain network's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from rfdeploy.analysis import RFReport, analyze
+from rfdeploy.errors import RFDeployError
+
+STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproductive": "bold red", "global": "blue"}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("analyze", help="receptive field of every layer; unproductive layers at an input size",
+                                   description=__doc__)
+    parser.add_argument("--model", help="zoo name (see `rfdeploy models`) or package.module:callable returning the "
+                                        "plain nn.Module; optional with a checkpoint of a zoo architecture")
+    parser.add_argument("--ckpt", help="searched checkpoint (rates come from it and the structure file)")
+    parser.add_argument("--structure", help="structure JSON from the search: its rates alone are enough, no weights")
+    parser.add_argument("--input-size", type=parse_size, metavar="H[,W]",
+                        help="spatial input size the network will run at (T for 1-D models); zoo models have a default")
+    parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    parser.add_argument("--graph", metavar="FILE.svg|.png", help="draw the network, unproductive layers red, border orange")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot receptive field against depth, before and after search")
+    parser.set_defaults(run=run)
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 800,1333") from None
+    if not size or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 800,1333 (all >= 1)")
+    return size
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is None and args.ckpt is None:
+        raise RFDeployError("--model is needed (a zoo name or package.module:callable) unless --ckpt is given")
+    name, plain, searched, rates, default_shape = _load(args)
+    size = _input_size(args.input_size, default_shape, plain)
+    channels = default_shape[1] if default_shape else None
+    before = analyze(plain, size, in_channels=channels)
+    after = None
+    if searched is not None:
+        after = analyze(searched, size, in_channels=channels)
+    elif rates is not None:
+        after = analyze(plain, size, rates, in_channels=channels)
+    report = after or before
+    title = f"{name}{' after search' if after else ''} at {'x'.join(map(str, size))}"
+    if args.graph:
+        from rfdeploy.analysis.render_graph import draw_graph
+
+        draw_graph(args.graph, title, report)
+    if args.plot:
+        from rfdeploy.analysis.render_plot import plot_receptive_fields
+
+        plot_receptive_fields(args.plot, f"Receptive field by depth: {title}", before, after)
+    if args.json:
+        print(json.dumps(as_json(name, before, after), indent=2))
+    else:
+        print_report(name, before, after)
+    return 0
+
+
+def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None]:
+    """``(name, plain model, searched model or None, searched rates or None, default input shape)``."""
+    from rfdeploy.frontend import load_model, structure_rates
+
+    if args.ckpt is not None:
+        from rfdeploy import api
+
+        loaded = api.load(args.model, args.ckpt, args.structure)
+        plain, default_shape = load_model(args.model or loaded.model_name)
+        return loaded.model_name, plain, loaded.searched, None, default_shape
+    plain, default_shape = load_model(args.model)
+    rates = structure_rates(plain, args.structure) if args.structure else None
+    return args.model, plain, None, rates, default_shape
+
+
+def _input_size(given: tuple[int, ...] | None, default_shape, model: nn.Module) -> tuple[int, ...]:
+    dims = len(default_shape) - 2 if default_shape else _conv_dims(model)
+    if given is None:
+        if not default_shape:
+            raise RFDeployError("--input-size is needed: the model has no default input shape")
+        return tuple(default_shape[2:])
+    if dims is not None and len(given) == 1:
+        return given * dims
+    if dims is not None and len(given) != dims:
+        raise RFDeployError(f"--input-size {','.join(map(str, given))}: the model takes {dims}-d input")
+    return given
+
+
+def _conv_dims(model: nn.Module) -> int | None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return len(module.kernel_size)
+    return None
+
+
+def as_json(name: str, before: RFReport, after: RFReport | None) -> dict:
+    """The judged analysis (after search where there is one) with what the search changed."""
+    data = {"model": name, "searched": after is not None, **(after or before).to_json()}
+    if after is not None:
+        plain_rf = {layer.name: list(layer.rf) for layer in before.layers}
+        for layer in data["layers"]:
+            layer["rf_before_search"] = plain_rf.get(layer["name"])
+        summary = before.to_json()
+        data["before_search"] = {key: summary[key] for key in
+                                 ("receptive_field", "border_layer", "unproductive_layers", "unproductive_flops_share")}
+    return data
+
+
+def status(layer) -> str:
+    if layer.is_global:
+        return "global"
+    if not layer.productive:
+        return "unproductive"
+    return "border" if layer.border else "productive"
+
+
+def _size(values) -> str:
+    if values is None:
+        return ""
+    shown = [str(int(v)) if float(v).is_integer() else f"{float(v):.3g}" for v in values]
+    return shown[0] if len(set(shown)) == 1 and len(shown) > 1 else "x".join(shown)
+
+
+def print_report(name: str, before: RFReport, after: RFReport | None) -> None:
+    report = after or before
+    console = Console()
+    if not console.is_terminal:  # piped or captured: no screen to wrap at
+        console = Console(width=max(console.width, 180))
+    size = "x".join(map(str, report.input_size))
+    table = Table(title=f"{name}{' after search' if after else ''}: receptive fields at input {size}",
+                  header_style="bold")
+    columns = ["#", "layer", "op", "kernel", "stride", "dilation", "RF", "input RF", "jump", "map", "MFLOPs", "status"]
+    if after is not None:
+        columns.insert(6, "RF before")
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in ("layer", "status"),
+                         justify="right" if column in ("#", "MFLOPs") else "left")
+    plain_rf = {layer.name: layer.rf for layer in before.layers}
+    for index, layer in enumerate(report.layers, 1):
+        dilation = " | ".join(_size(rate) for rate in layer.rates) if layer.rates else _size(layer.dilation)
+        rf = "global" if layer.is_global else _size(layer.rf)
+        kernel = "x".join(map(str, layer.kernel)) if layer.kernel else ""
+        row = [str(index), layer.name, layer.op, kernel, _size(layer.stride), dilation, rf,
+               _size(layer.input_rf), _size(layer.jump), _size(layer.feature_map), f"{layer.flops / 1e6:,.1f}"]
+        if after is not None:
+            row.insert(6, "global" if layer.is_global else _size(plain_rf.get(layer.name)))
+        label = status(layer)
+        row.append(f"[{STATUS_STYLE[label]}]{label}[/]")
+        table.add_row(*row)
+    console.print(table)
+    _print_summary(console, before, after)
+
+
+def _print_summary(console: Console, before: RFReport, after: RFReport | None) -> None:
+    report = after or before
+    size = "x".join(map(str, report.input_size))
+    rf = _size(report.receptive_field)
+    if after is not None:
+        rf += f" (before search: {_size(before.receptive_field)})"
+    console.print(f"receptive field: [bold]{rf}[/bold]")
+    if report.border_layer:
+        console.print(f"border layer: [bold dark_orange]{report.border_layer}[/] (the first whose receptive field "
+                      f"exceeds {size})")
+    else:
+        console.print(f"border layer: none (no layer's receptive field exceeds {size})")
+    count = len(report.unproductive)
+    console.print(f"unproductive layers: [bold{' red' if count else ''}]{count}[/] of {len(report.layers)}, "
+                  f"{report.unproductive_flops_share:.1%} of {report.total_flops / 1e9:,.2f} GFLOPs")
+    for note in report.notes:
+        console.print(f"note: {note}")
