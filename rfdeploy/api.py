@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rfdeploy import recognise
+from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
 from rfdeploy.checkpoint import load_checkpoint
 from rfdeploy.compiler import CompileResult, compile_model
@@ -109,6 +110,9 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     step("verifying in onnxruntime")
     ort_check = verify(onnxruntime_runner(onnx_model), loaded.searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
     torch_check = verify(torch_runner(result.model), loaded.searched, shapes, "torch-compiled", atol, rtol, seed)
+    step("analysing receptive fields")
+    receptive_field = (receptive_field_report(result.model, shapes[0]) if len(shapes) == 1
+                       else {"error": "receptive-field analysis takes single-input models"})
     verification = ort_check.to_json() | {"torch": torch_check.to_json()}
     verification["passed"] = ort_check.passed and torch_check.passed and not leftover
     report = {
@@ -126,6 +130,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "search_ops_left": leftover,
         "verification": verification,
         "tuning": tuning.to_json() if tuning else None,
+        "receptive_field": receptive_field,
     }
     exported = ExportResult(report, onnx_model, result.model, Path(out))
     if write:

@@ -73,3 +73,26 @@ def test_several_inputs_and_a_dynamic_batch(tmp_path):
     actual = session.run(None, {"input0": image.numpy(), "input1": depth.numpy()})
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, atol=1e-5, rtol=1e-5)
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.searched = nn.Conv2d(3, 4, 3, padding=1)
+        self.plain = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.plain(torch.relu(self.searched(x)))
+
+
+def test_export_report_carries_the_receptive_field_analysis(tmp_path):
+    structure = tmp_path / "rf.json"
+    structure.write_text('{"search": {"exp_rate": 0.5, "mmin": 1, "mmax": 8, "num_branches": 3}, '
+                         '"structure": {"searched": 2}}')
+    report = api.export(TwoConvs(), None, structure, input_shapes=[(1, 3, 8, 8)], out=tmp_path / "out").report
+    field = report["receptive_field"]
+    # centre 2, exp_rate 0.5: rates 1, 2, 3; the widest reaches 3 * (3 - 1) + 1 = 7; the plain 3x3 adds 2: 9
+    assert [(layer["name"], layer["rf"]) for layer in field["layers"]] == [("searched", [7, 7]), ("plain", [9, 9])]
+    assert field["receptive_field"] == [9, 9]
+    assert field["border_layer"] == "plain"  # the first to see more than 8x8; its input (7) does not
+    assert field["unproductive_layers"] == 0

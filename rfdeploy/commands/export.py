@@ -8,6 +8,8 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
+from rfdeploy.backends.tensorrt_backend import require_tensorrt
+from rfdeploy.commands import build as build_command
 from rfdeploy.commands.common import add_model_arguments, console, status
 from rfdeploy.passes.choose_lowering import MODES
 
@@ -26,6 +28,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
+                        help="choose each layer's lowering by timing the candidates on this backend "
+                             "(onnxruntime, torch, tensorrt; e.g. onnxruntime or torch:cuda); timings go in the report")
+    parser.add_argument("--trt", action="store_true",
+                        help="also build DIR/model.engine with TensorRT (needs pip install 'rfdeploy[trt]' and a GPU)")
+    build_command.add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -37,14 +45,29 @@ def main_from(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trt:  # fail before the export, not after it
+        require_tensorrt()
+        build_command.build_options(args)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
-                            args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress)
+                            args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
+                            tune=args.tune)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
         print_summary(result)
+        print_tuning(result.report.get("tuning"))
+    if args.trt and result.passed:
+        build_command.build(result.out_dir / "model.onnx", result.out_dir / "model.engine", args)
     return 0 if result.passed else 1
+
+
+def print_tuning(tuning: dict | None) -> None:
+    if not tuning:
+        return
+    chosen = [layer["chosen"] for layer in tuning["layers"]]
+    console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
+                  f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
 
 
 def print_summary(result: api.ExportResult) -> None:
@@ -70,6 +93,11 @@ def print_summary(result: api.ExportResult) -> None:
     console.print(f"verification vs searched PyTorch forward ({check['backend']}, {check['trials']} seeded inputs "
                   f"{check['input_shapes']}): max_abs_err {check['max_abs_err']:.3g}, "
                   f"max_rel_err {check['max_rel_err']:.3g}: {verdict}")
+    field = report["receptive_field"]
+    if "error" not in field:
+        console.print(f"receptive field {field['receptive_field']} at input {field['input_size']}; border layer "
+                      f"{field['border_layer']}; {field['unproductive_layers']} unproductive layer(s), "
+                      f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs (rfdeploy analyze for details)")
     if report["search_ops_left"]:
         console.print(f"[red]search ops left in the graph: {report['search_ops_left']}[/red]")
     for path in result.written:
