@@ -4,4 +4,4 @@ from rfdeploy.api import ExportResult, Loaded, compile, export, load
 from rfdeploy.errors import RFDeployError
 
 __version__ = "0.1.0"
-__all__ = ["ExportResult", "Loaded", "RFDeployError", "compile", "export", "load", "__version__"]
+__all__ = ["ExportResult", "Loaded", "RFDeployError", "__version__", "compile", "export", "load"]

@@ -19,7 +19,7 @@ from rfdeploy.errors import RFDeployError
 from rfdeploy.export import SEARCH_OPS, export_onnx, op_counts
 from rfdeploy.frontend import LoadInfo, build_searched, load_model
 from rfdeploy.structure import load_structure
-from rfdeploy.verify import Verification, onnxruntime_runner, random_inputs, torch_runner, verify
+from rfdeploy.verify import onnxruntime_runner, random_inputs, torch_runner, verify
 
 
 @dataclass
@@ -143,7 +143,7 @@ def _check_runs(loaded: Loaded, shapes: list[tuple[int, ...]]) -> None:
     try:
         with torch.no_grad():
             loaded.searched(*random_inputs(shapes, 0))
-    except Exception as error:  # any failure of the user's model on this shape
+    except Exception as error:  # noqa: BLE001  # any failure of the user's model on this shape
         first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
         written = " ".join(",".join(map(str, shape)) for shape in shapes)
         raise RFDeployError(f"model '{loaded.model_name}' does not run on input shape {written}: "

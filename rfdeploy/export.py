@@ -42,7 +42,7 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
                               opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
-    except Exception as error:  # torch raises many types for unexportable models
+    except Exception as error:  # noqa: BLE001  # torch raises many types for unexportable models
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RFDeployError(f"ONNX export failed: {first_line[:200]}") from None
     graph = gs.import_onnx(onnx.load_from_string(buffer.getvalue()))

@@ -58,7 +58,7 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
         raise RFDeployError(f"cannot import model '{spec}': {error}") from None
     try:
         model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
-    except Exception as error:  # the user's own code: report it in one line
+    except Exception as error:  # noqa: BLE001  # the user's own code: report it in one line
         raise RFDeployError(f"model '{spec}' failed to build: {type(error).__name__}: {error}") from None
     if not isinstance(model, nn.Module):
         raise RFDeployError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
@@ -74,7 +74,7 @@ def best_component(names: list[str], fits) -> tuple[str, int]:
 
 
 def _strip_module(state: StateDict) -> StateDict:
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k.removeprefix("module.")): v for k, v in state.items()}
 
 
 def _conv_names(model: nn.Module) -> dict[str, _ConvNd]:

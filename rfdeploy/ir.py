@@ -48,10 +48,10 @@ class ConvIR:
     def spatial_dims(self) -> int:
         return len(self.stride)
 
-    def with_branches(self, branches, **changes) -> "ConvIR":
+    def with_branches(self, branches, **changes) -> ConvIR:
         return replace(self, branches=tuple(branches), **changes)
 
-    def noted(self, note: str) -> "ConvIR":
+    def noted(self, note: str) -> ConvIR:
         return replace(self, notes=self.notes + (note,))
 
 
@@ -97,8 +97,8 @@ def plain_conv(branch: Branch, stride: Rate, groups: int) -> nn.Module:
     weight = scaled(branch.weight, branch.alpha)
     out_channels, in_per_group = weight.shape[:2]
     conv_cls = {1: nn.Conv1d, 2: nn.Conv2d}[weight.dim() - 2]
-    geometry: dict[str, Any] = dict(kernel_size=branch.kernel_size, stride=stride, padding=branch.padding,
-                                    dilation=branch.rate, groups=groups, bias=branch.bias is not None)
+    geometry: dict[str, Any] = {"kernel_size": branch.kernel_size, "stride": stride, "padding": branch.padding,
+                                "dilation": branch.rate, "groups": groups, "bias": branch.bias is not None}
     conv: _ConvNd = conv_cls(in_per_group * groups, out_channels, **geometry)
     with torch.no_grad():
         conv.weight.copy_(weight)

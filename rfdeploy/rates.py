@@ -22,7 +22,7 @@ class Expansion:
     num_branches: int
 
     def clip(self, value: float) -> int:
-        return min(max(int(round(value)), self.mmin), self.mmax)
+        return min(max(round(value), self.mmin), self.mmax)
 
 
 def _spread(d: int, expansion: Expansion) -> tuple[int, int]:

@@ -16,7 +16,7 @@ def plain_signature(state: StateDict) -> dict[str, tuple[int, ...]]:
     """Name -> shape as a plain model would hold it: no ``module.``, no ``op_layer``, no alphas."""
     signature = {}
     for key, tensor in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key.removeprefix("module.")
         if key.rpartition(".")[2] in ALPHA_KEYS + RFCONV_BUFFERS:
             continue
         signature[key.replace(".op_layer.", ".")] = tuple(tensor.shape)
@@ -29,7 +29,7 @@ def _shapes_only(name: str) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             return models.get(name).builder()
-    except Exception:  # builders that run a forward (e.g. BatchNorm calibration) need real tensors
+    except Exception:  # noqa: BLE001  # builders that run a forward (e.g. BatchNorm calibration) need real tensors
         return models.build(name)
 
 

@@ -96,7 +96,7 @@ def _live_names(entries: dict, path: Path) -> tuple[dict[str, Centre], dict[str,
     stale = 0
     unprefixed_first = sorted(entries, key=lambda name: name.startswith("module."))  # those are the live ones
     for name in unprefixed_first:
-        bare = name[len("module."):] if name.startswith("module.") else name
+        bare = name.removeprefix("module.")
         if bare in live:
             stale += 1
             continue

@@ -63,7 +63,7 @@ def test_every_lowering_equals_the_searched_forward(case, mode):
 
 @given(searched_convs())
 def test_single_is_one_plain_conv_whenever_branches_are_linear(case):
-    module, x = case
+    module, _ = case
     compiled = to_module(lower_layer(from_searched("layer", module), "single"))
     if module.branch_relu:
         live_rates = {r for r, a in zip(module.rates, module.alphas.tolist()) if a != 0}

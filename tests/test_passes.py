@@ -60,7 +60,6 @@ def test_merge_equal_rates_across_relu_keeps_outputs():
 
 
 def test_merge_equal_rates_leaves_distinct_weights_apart_across_relu():
-    x = torch.randn(1, 3, 30)
     w2 = torch.randn(5, 3, 3)
     ir = ConvIR("l", (1,), 1, (Branch((2,), (2,), 1.0, torch.randn(5, 3, 3), None), Branch((2,), (2,), 1.0, w2, None)),
                 branch_relu=True)

@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook
+from zoo_util import PUBLISHED, Detector, component_entries, published
 
 from rfdeploy import api, models
-from zoo_util import PUBLISHED, Detector, component_entries, published
 
 CASES = [  # file, zoo model, skip_layer of the search config (fixtures README), searched backbone convs
     ("convnext_t_cascade_mask_rcnn_coco.json", "convnext_tiny", [], 18),

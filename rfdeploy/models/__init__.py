@@ -7,8 +7,8 @@ a real structure file and a real checkpoint's backbone weights apply without ren
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

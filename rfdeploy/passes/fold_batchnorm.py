@@ -83,7 +83,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str], str | None]:
         return model, [], "model is in training mode"
     try:
         pairs = conv_bn_pairs(model)
-    except Exception as error:  # fx raises many types on untraceable control flow
+    except Exception as error:  # noqa: BLE001  # fx raises many types on untraceable control flow
         return model, [], f"not traceable by torch.fx ({type(error).__name__}: {str(error).splitlines()[0]})"
     folded = []
     for conv_name, bn_name in pairs:
