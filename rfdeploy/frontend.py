@@ -74,7 +74,7 @@ def best_component(names: list[str], fits) -> tuple[str, int]:
 
 
 def _strip_module(state: StateDict) -> StateDict:
-    return {(k.removeprefix("module.")): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _conv_names(model: nn.Module) -> dict[str, _ConvNd]:

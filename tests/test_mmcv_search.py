@@ -103,6 +103,9 @@ def test_export_of_a_trained_search_equals_mmcv(tmp_path, num_branches, distribu
     result = api.export(Backbone(), checkpoint, structure, input_shapes=[(2, 3, 20, 28)], out=tmp_path / "out")
 
     assert result.passed, result.report["verification"]
+    # a conv-only network: any Abs, ReduceSum or Div would be the alpha normalisation left behind
+    assert not {"Abs", "ReduceSum", "Div"} & set(result.report["onnx_ops"])
+    assert result.report["onnx_ops"]["Conv"] >= 4
     layers = {layer["name"]: layer for layer in result.report["layers"]}
     assert set(layers) == {"down", "depthwise", "tall", "even"}
     for name, layer in layers.items():  # mmcv's own rates, read off its live ops
