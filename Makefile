@@ -21,6 +21,7 @@ demo: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m mypy
 
 typecheck: $(READY)
 	$(BIN)/python -m mypy

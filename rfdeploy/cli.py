@@ -8,7 +8,7 @@ import sys
 
 from rfdeploy.errors import RFDeployError
 
-COMMANDS = ("export", "bench", "analyze", "models", "demo")
+COMMANDS = ("export", "build", "bench", "analyze", "models", "demo")
 
 
 class OneLineErrors(argparse.ArgumentParser):

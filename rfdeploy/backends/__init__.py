@@ -1,0 +1,88 @@
+"""Where a model runs: one module per backend, each giving a ``Runner``.
+
+A runner separates what is timed from what is not: ``load`` puts the inputs where the backend reads
+them (device memory, bound buffers), ``run`` computes (the timed part), ``fetch`` brings the outputs
+of the last ``run`` back to the host as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from rfdeploy.errors import RFDeployError
+from rfdeploy.export import export_onnx
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEVICES = ("cpu", "cuda")
+
+
+class Runner(Protocol):
+    def load(self, inputs: list[torch.Tensor]) -> None: ...
+
+    def run(self) -> None: ...
+
+    def fetch(self) -> list[np.ndarray]: ...
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def require_device(device: str) -> None:
+    if device not in DEVICES:
+        raise RFDeployError(f"unknown device '{device}' (known: {', '.join(DEVICES)})")
+    if device == "cuda" and not cuda_available():
+        raise RFDeployError("--device cuda: PyTorch sees no CUDA GPU on this machine")
+
+
+def check_backends(backends: list[str], device: str) -> None:
+    """Fail before any work where a backend cannot run on ``device`` or is not installed."""
+    require_device(device)
+    if "tensorrt" in backends:
+        if device != "cuda":
+            raise RFDeployError("the tensorrt backend runs on a GPU: give --device cuda")
+        from rfdeploy.backends.tensorrt_backend import require_tensorrt
+
+        require_tensorrt()
+    if "onnxruntime" in backends and device == "cuda":
+        from rfdeploy.backends.onnxruntime_backend import providers
+
+        providers(device)
+
+
+def parse_backends(text: str) -> list[str]:
+    """``"torch,onnxruntime"`` -> ``["torch", "onnxruntime"]``, each checked."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise RFDeployError(f"unknown backend '{(unknown or [text])[0]}' (known: {', '.join(BACKENDS)})")
+    return list(dict.fromkeys(names))
+
+
+def make_runner(backend: str, model: nn.Module, example: list[torch.Tensor], device: str = "cpu",
+                threads: int = 1, onnx_model: onnx.ModelProto | None = None) -> Runner:
+    """A runner of ``model`` on ``backend``; ONNX backends run ``onnx_model``, else ``model`` exported."""
+    if backend == "torch":
+        from rfdeploy.backends.torch_backend import TorchRunner
+
+        return TorchRunner(model, device)
+    if onnx_model is None:
+        onnx_model = export_onnx(model, example)
+    if backend == "onnxruntime":
+        from rfdeploy.backends.onnxruntime_backend import OrtRunner
+
+        return OrtRunner(onnx_model, device, threads)
+    if backend == "tensorrt":
+        from rfdeploy.backends import tensorrt_backend as trt_backend
+
+        inputs = trt_backend.onnx_inputs(onnx_model)
+        profiles = trt_backend.resolve_profile(inputs, [], [], [])
+        options = trt_backend.BuildOptions(timing_cache=trt_backend.default_timing_cache(trt_backend.current_setup()))
+        engine = trt_backend.build_serialized(onnx_model.SerializeToString(), profiles, options)
+        return trt_backend.TrtRunner(engine)
+    raise RFDeployError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")

@@ -1,0 +1,85 @@
+"""onnxruntime: the CPU execution provider, or CUDA / TensorRT providers where onnxruntime-gpu has them.
+
+Sessions get an explicit intra-op thread count (timings are meaningless without one) and no
+inter-op parallelism. Busy-waiting of idle worker threads is off: with several sessions timed in
+turn on few cores, one session's spinning workers would steal the cores of the next.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from rfdeploy.errors import RFDeployError
+
+GPU_HINT = "pip install 'rfdeploy[gpu]' (onnxruntime-gpu, needs an NVIDIA GPU)"
+
+
+def providers(device: str, tensorrt: bool = False) -> list[str]:
+    """The execution providers for ``device``, best first; CUDA ones only where onnxruntime has them."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise RFDeployError(f"onnxruntime {ort.__version__} has no CUDA execution provider: {GPU_HINT}")
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if tensorrt:
+        if "TensorrtExecutionProvider" not in available:
+            raise RFDeployError(f"onnxruntime {ort.__version__} has no TensorRT execution provider: {GPU_HINT}")
+        wanted.insert(0, "TensorrtExecutionProvider")
+    return wanted
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def session(model: onnx.ModelProto, device: str = "cpu", threads: int = 1,
+            tensorrt: bool = False) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                providers=providers(device, tensorrt))
+
+
+class OrtRunner:
+    """Runs a session; on CUDA, inputs and outputs stay in device memory through an IO binding."""
+
+    def __init__(self, model: onnx.ModelProto, device: str = "cpu", threads: int = 1, tensorrt: bool = False):
+        self.device = device
+        self.session = session(model, device, threads, tensorrt)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.feed: dict[str, np.ndarray] = {}
+        self.outputs: list[np.ndarray] = []
+        self.binding = self.session.io_binding() if device == "cuda" else None
+        self.device_inputs: list[torch.Tensor] = []
+
+    def load(self, inputs: list[torch.Tensor]) -> None:
+        if self.binding is None:
+            self.feed = {name: t.detach().cpu().float().numpy() for name, t in zip(self.input_names, inputs)}
+            return
+        self.device_inputs = [t.detach().float().contiguous().cuda() for t in inputs]
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        for name, tensor in zip(self.input_names, self.device_inputs):
+            self.binding.bind_input(name, "cuda", tensor.device.index or 0, np.float32, list(tensor.shape),
+                                    tensor.data_ptr())
+        for output in self.session.get_outputs():
+            self.binding.bind_output(output.name, "cuda")
+
+    def run(self) -> None:
+        if self.binding is None:
+            self.outputs = self.session.run(None, self.feed)
+        else:
+            self.session.run_with_iobinding(self.binding)
+
+    def fetch(self) -> list[np.ndarray]:
+        if self.binding is None:
+            return list(self.outputs)
+        return list(self.binding.copy_outputs_to_cpu())

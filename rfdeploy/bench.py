@@ -1,0 +1,251 @@
+"""Benchmarks: the searched model as trained against rfdeploy's compiled model, per backend.
+
+Every variant of a backend is timed in the same run, interleaved (one run of each in turn, the order
+rotating every round) after a warm-up, so that drift in the machine's speed hits all variants alike.
+A CPU run is timed by the wall clock; a CUDA run by CUDA events around the call. Accuracy is measured
+against PyTorch's searched forward on the same inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from rfdeploy.backends import Runner, check_backends, make_runner
+from rfdeploy.compiler import compile_model, replace_module, searched_layers
+from rfdeploy.export import export_onnx
+from rfdeploy.ir import from_searched, to_module
+from rfdeploy.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.verify import compare, random_inputs, reference_outputs
+
+VARIANTS = ("searched", "compiled")
+Tick = Callable[[str], None]
+
+
+# --- timing -------------------------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    iters: int
+
+
+def summarize(samples_ms: list[float]) -> Stats:
+    values = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = (float(np.percentile(values, q)) for q in (50, 90, 99))
+    return Stats(p50, p90, p99, float(values.mean()), float(values.min()), len(values))
+
+
+def wall_clock_ms(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1e3
+
+
+def cuda_events_ms(run: Callable[[], None]) -> float:
+    """Device time of ``run`` on the current stream; blocking calls (onnxruntime) count whole."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return float(start.elapsed_time(end))
+
+
+def clock_for(device: str) -> Callable[[Callable[[], None]], float]:
+    return cuda_events_ms if device == "cuda" else wall_clock_ms
+
+
+def time_interleaved(runs: dict[str, Callable[[], None]], warmup: int, iters: int, device: str = "cpu",
+                     tick: Tick | None = None) -> dict[str, list[float]]:
+    """Milliseconds per run of each entry: ``warmup`` untimed rounds, then ``iters`` rotated rounds."""
+    clock, names = clock_for(device), list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+            if tick:
+                tick(f"warm-up {name}")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(iters):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(clock(runs[name]))
+            if tick:
+                tick(f"timing {name}")
+    return samples
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- variants -----------------------------------------------------------------------------------------
+
+def plain_model(searched: nn.Module) -> nn.Module:
+    """The single-branch network of the same shape: each searched conv keeps only its largest-alpha
+    branch, as RF-Next's ``fixed_single_branch`` deploys it. A cost reference only: its outputs differ."""
+    model = copy.deepcopy(searched).eval()
+    for name, layer in searched_layers(model):
+        ir = from_searched(name, layer)
+        best = max(ir.branches, key=lambda branch: branch.alpha)
+        replace_module(model, name, to_module(ir.with_branches([replace(best, alpha=1.0)])))
+    return fold_batchnorm(model)[0]
+
+
+@dataclass
+class Variant:
+    name: str
+    model: nn.Module
+    onnx_model: onnx.ModelProto | None = None  # exported once, shared by the ONNX backends
+
+    def onnx_for(self, example: list[torch.Tensor]) -> onnx.ModelProto:
+        if self.onnx_model is None:
+            # the searched model exports naively: every branch and the alpha arithmetic stay in the graph
+            self.onnx_model = export_onnx(self.model, example)
+        return self.onnx_model
+
+
+def variants(searched: nn.Module, compiled: nn.Module, with_plain: bool = False) -> list[Variant]:
+    chosen = [Variant("searched", searched), Variant("compiled", compiled)]
+    return chosen + [Variant("plain", plain_model(searched))] if with_plain else chosen
+
+
+# --- the benchmark ------------------------------------------------------------------------------------
+
+@dataclass
+class BenchResult:
+    backend: str
+    variant: str
+    device: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # inputs per second at the median latency
+    max_abs_err: float
+    max_rel_err: float
+    iters: int
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    device_name: str
+    threads: int
+    input_shapes: list[list[int]]
+    warmup: int
+    iters: int
+    versions: dict[str, str]
+    results: list[BenchResult] = field(default_factory=list)
+    compile: dict = field(default_factory=dict)
+
+    def speedups(self) -> dict[str, float]:
+        """Per backend: searched median / compiled median (above 1: compiled is faster)."""
+        p50 = {(r.backend, r.variant): r.p50_ms for r in self.results}
+        return {backend: p50[(backend, "searched")] / p50[(backend, "compiled")]
+                for backend, variant in p50 if variant == "compiled" and (backend, "searched") in p50}
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"speedups": self.speedups()}
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def planned_ticks(backends: list[str], variant_count: int, warmup: int, iters: int) -> int:
+    """How many times ``bench`` calls ``tick``: one set-up and one accuracy check per runner, plus runs."""
+    return len(backends) * variant_count * (2 + warmup + iters)
+
+
+def bench_backend(backend: str, chosen: list[Variant], inputs: list[torch.Tensor], expected: list[np.ndarray],
+                  device: str, threads: int, warmup: int, iters: int, tick: Tick) -> list[BenchResult]:
+    runners: dict[str, Runner] = {}
+    for variant in chosen:
+        tick(f"{backend}: preparing {variant.name}")
+        onnx_model = None if backend == "torch" else variant.onnx_for(inputs)
+        runners[variant.name] = make_runner(backend, variant.model, inputs, device, threads, onnx_model)
+        runners[variant.name].load(inputs)
+    errors = {}
+    for name, runner in runners.items():
+        tick(f"{backend}: checking {name}")
+        runner.run()
+        max_abs, max_rel, _ = compare(runner.fetch(), expected, 0.0, 0.0)
+        errors[name] = (max_abs, max_rel)
+    samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device,
+                               lambda text: tick(f"{backend}: {text}"))
+    batch = int(inputs[0].shape[0])
+    results = []
+    for name, values in samples.items():
+        stats = summarize(values)
+        results.append(BenchResult(backend, name, device, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.mean_ms,
+                                   stats.min_ms, batch * 1e3 / stats.p50_ms, *errors[name], stats.iters))
+    return results
+
+
+def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: list[str], device: str = "cpu",
+          warmup: int = 10, iters: int = 50, threads: int = 1, mode: str = "auto",
+          choices: dict[str, str] | None = None, seed: int = 0, with_plain: bool = False,
+          model_name: str = "", tick: Tick | None = None) -> BenchReport:
+    """Each backend runs the searched and the compiled model (and the plain one, if asked) on one input."""
+    check_backends(backends, device)
+    tick = tick or (lambda text: None)
+    compiled = compile_model(searched, mode, choices=choices)
+    chosen = variants(searched, compiled.model, with_plain)
+    inputs = random_inputs(input_shapes, seed)
+    expected = reference_outputs(searched, inputs)
+    report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
+                         warmup, iters, versions())
+    report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
+                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
+    with torch_threads(threads):
+        for backend in backends:
+            report.results += bench_backend(backend, chosen, inputs, expected, device, threads, warmup, iters, tick)
+    return report
+
+
+def randomize_alphas(searched: nn.Module, seed: int) -> int:
+    """Trained-looking alphas (uniform in [0.05, 1.05)) for every searched conv; how many were set.
+
+    For timing a structure file without its checkpoint: the cost of a layer does not depend on its alphas.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    layers = searched_layers(searched)
+    with torch.no_grad():
+        for _, layer in layers:
+            layer.alphas.copy_(torch.rand(layer.alphas.shape, generator=generator) + 0.05)
+    return len(layers)

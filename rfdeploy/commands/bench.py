@@ -1,0 +1,118 @@
+"""``rfdeploy bench``: latency and accuracy of the searched model as trained vs rfdeploy's compiled model.
+
+Per backend, ``searched`` is the model as trained (PyTorch runs the search op; onnxruntime and TensorRT
+run a naive export that keeps every branch and the alpha arithmetic) and ``compiled`` is rfdeploy's
+output. Variants are timed interleaved after a warm-up; errors are against PyTorch's searched forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rfdeploy import api
+from rfdeploy.backends import DEVICES, check_backends, parse_backends
+from rfdeploy.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
+from rfdeploy.commands.common import add_model_arguments, console, require
+from rfdeploy.errors import RFDeployError
+from rfdeploy.passes.choose_lowering import MODES
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="time searched vs compiled model per backend, with accuracy",
+                                   description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--backends", default="torch,onnxruntime", type=parse_backends_arg,
+                        help="comma-separated: torch, onnxruntime, tensorrt (default: torch,onnxruntime)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--warmup", type=positive, default=10, help="untimed runs of each variant first")
+    parser.add_argument("--iters", type=positive, default=50, help="timed runs of each variant")
+    parser.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
+                        help="intra-op threads of PyTorch and onnxruntime (default: all cores)")
+    parser.add_argument("--mode", choices=MODES, default="auto", help="lowering of the compiled variant")
+    parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
+                        help="choose each layer's lowering by timing it on this backend first")
+    parser.add_argument("--random-alphas", type=int, metavar="SEED",
+                        help="without --ckpt: draw every searched conv's alphas at random (timing does not "
+                             "depend on them)")
+    parser.add_argument("--with-plain", action="store_true",
+                        help="also time the single-branch network of the same shape (a cost reference)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(run=run)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
+
+
+def parse_backends_arg(text: str) -> list[str]:
+    try:
+        return parse_backends(text)
+    except RFDeployError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
+                                                             "give --ckpt or --random-alphas, not both")
+    check_backends(args.backends, args.device)
+    loaded = api.load(args.model, args.ckpt, args.structure)
+    shapes = args.input_shapes or loaded.input_shapes
+    if not shapes:
+        raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
+    if args.random_alphas is not None:
+        randomize_alphas(loaded.searched, args.random_alphas)
+    variant_count = len(VARIANTS) + int(args.with_plain)
+    with progress_bar() as progress:
+        choices = None
+        if args.tune:
+            from rfdeploy.tune import tune_lowerings
+
+            task = progress.add_task(f"timing each layer's lowerings on {args.tune}", total=None)
+            tuning = tune_lowerings(loaded.searched, shapes, args.tune, threads=args.threads,
+                                    tick=lambda text: progress.update(task, description=f"tuning {text}"))
+            choices = tuning.choices
+            progress.update(task, visible=False)
+        task = progress.add_task("benchmark", total=planned_ticks(args.backends, variant_count, args.warmup, args.iters))
+        report = bench(loaded.searched, shapes, args.backends, args.device, args.warmup, args.iters, args.threads,
+                       args.mode, choices, args.seed, args.with_plain, loaded.model_name,
+                       tick=lambda text: progress.update(task, advance=1, description=text))
+    if args.tune:
+        report.compile["tune"] = args.tune
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print_table(report)
+    return 0
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def print_table(report: BenchReport) -> None:
+    speedups = report.speedups()
+    table = Table(title=f"{report.model} {report.input_shapes} on {report.device_name} ({report.device}, "
+                        f"{report.threads} threads, {report.iters} runs after {report.warmup} warm-up)")
+    for column in ("backend", "variant", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err", "max_rel_err",
+                   "speedup"):
+        table.add_column(column, justify="left" if column in ("backend", "variant") else "right")
+    for r in report.results:
+        speedup = f"{speedups[r.backend]:.3f}x" if r.variant == "compiled" and r.backend in speedups else ""
+        table.add_row(r.backend, r.variant, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+                      f"{r.throughput:.1f}", f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}", speedup)
+    out = Console()
+    if not out.is_terminal:  # piped: rich would fold the table to 80 columns
+        out = Console(width=132)
+    out.print(table)
+    console.print("speedup = searched p50 / compiled p50 on the same backend, timed interleaved in this run")

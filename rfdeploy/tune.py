@@ -1,0 +1,149 @@
+"""Lowering chosen by measurement: each searched layer's exact lowerings, timed alone on the target backend.
+
+A layer is timed at the input shape it really sees (captured by forward hooks on one run of the searched
+model), as a one-layer model: exported to ONNX for onnxruntime / TensorRT, eager for torch. Its
+candidates (``single``: one merged conv; ``multi``: one conv per branch) and, as a reference, the
+searched op itself run interleaved after a warm-up, one run of each per round.
+
+This is repeated in several fresh sessions, and each candidate keeps its lowest median over them: on
+onnxruntime CPU a one-layer session was seen to stay up to 1.5x slower than an identical one for all of
+its runs (we did not find why), which would otherwise decide close calls. The candidate with the lowest
+such median is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from rfdeploy.backends import BACKENDS, check_backends, make_runner
+from rfdeploy.bench import Tick, device_name, summarize, time_interleaved, torch_threads
+from rfdeploy.compiler import lower_layer, searched_layers
+from rfdeploy.errors import RFDeployError
+from rfdeploy.ir import from_searched, to_module
+from rfdeploy.searched import SearchedConv
+from rfdeploy.verify import random_inputs
+
+CANDIDATES = ("single", "multi")
+REFERENCE = "searched"
+
+
+@dataclass
+class LayerTiming:
+    name: str
+    input_shape: list[int]
+    kernel_size: list[int]
+    groups: int
+    rates: list[list[int]]
+    median_ms: dict[str, float]  # per candidate lowering, and the searched op as a reference: best session
+    session_medians_ms: dict[str, list[float]]
+    ratio_to_searched: dict[str, float]  # per candidate: its median_ms / the searched op's
+    chosen: str
+
+
+@dataclass
+class TuningResult:
+    backend: str
+    device: str
+    device_name: str
+    threads: int
+    warmup: int
+    iters: int
+    sessions: int
+    layers: list[LayerTiming] = field(default_factory=list)
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """Layer name -> the measured fastest lowering, for ``compile_model(..., choices=)``."""
+        return {layer.name: layer.chosen for layer in self.layers if layer.chosen in CANDIDATES}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``BACKEND[:DEVICE]`` -> (backend, device); TensorRT always runs on CUDA."""
+    backend, _, device = target.partition(":")
+    if backend not in BACKENDS:
+        raise RFDeployError(f"--tune: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    check_backends([backend], device)
+    return backend, device
+
+
+def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]], seed: int = 0) -> dict[str, tuple]:
+    """The shape each searched layer's input has in one forward of the whole model."""
+    seen: dict[str, tuple] = {}
+
+    def recorder(name: str):
+        def record(module: nn.Module, args: tuple) -> None:  # returns None: the inputs stay as they are
+            seen.setdefault(name, tuple(args[0].shape))
+        return record
+
+    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in searched_layers(searched)]
+    try:
+        with torch.no_grad():
+            searched(*random_inputs(input_shapes, seed))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
+    """Each distinct exact lowering of the layer (one entry when ``single`` cannot apply)."""
+    ir = from_searched(name, layer)
+    lowered = {mode: lower_layer(ir, mode) for mode in CANDIDATES}
+    distinct: dict[str, nn.Module] = {}
+    for mode, result in lowered.items():
+        if result.lowering == mode:
+            distinct[mode] = to_module(result)
+    return distinct
+
+
+def session_medians(modules: dict[str, nn.Module], example: list[torch.Tensor], backend: str, device: str,
+                    threads: int, warmup: int, iters: int) -> dict[str, float]:
+    """Median milliseconds of each module, timed interleaved in fresh runners (sessions)."""
+    runners = {label: make_runner(backend, module, example, device, threads) for label, module in modules.items()}
+    for runner in runners.values():
+        runner.load(example)
+    samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
+    return {label: summarize(values).p50_ms for label, values in samples.items()}
+
+
+def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, device: str, threads: int,
+               warmup: int, iters: int, sessions: int) -> LayerTiming | None:
+    options = candidates(name, layer)
+    if len(options) < 2:
+        return None
+    modules = {**options, REFERENCE: layer.eval()}
+    example = [torch.randn(*shape)]
+    medians = [session_medians(modules, example, backend, device, threads, warmup, iters) for _ in range(sessions)]
+    per_session = {label: [round(m[label], 5) for m in medians] for label in modules}
+    best = {label: min(values) for label, values in per_session.items()}
+    chosen = min(options, key=best.__getitem__)
+    return LayerTiming(name, list(shape), list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates],
+                       best, per_session, {label: round(best[label] / best[REFERENCE], 4) for label in options},
+                       chosen)
+
+
+def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], backend: str, warmup: int = 3,
+                   iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
+                   tick: Tick | None = None) -> TuningResult:
+    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
+    backend, device = parse_target(backend)
+    threads = threads or torch.get_num_threads()
+    tick = tick or (lambda text: None)
+    shapes = layer_input_shapes(searched, input_shapes, seed)
+    result = TuningResult(backend, device, device_name(device), threads, warmup, iters, sessions)
+    with torch_threads(threads):
+        for name, layer in searched_layers(searched):
+            if name not in shapes:  # not on the forward path of this input
+                continue
+            timing = time_layer(name, layer, shapes[name], backend, device, threads, warmup, iters, sessions)
+            if timing is not None:
+                result.layers.append(timing)
+                tick(f"{name}: {timing.chosen}")
+    return result
