@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook
 from mmcv.cnn.rfsearch.utils import get_single_padding
+from original_rfsearch import expands_rate
 from torch import nn
 
 from rfdeploy import api, models
@@ -228,22 +229,6 @@ def test_mmcv_detector_structure_deployed_on_its_backbone_skips_neck_and_head(tm
 
 
 # ---------------------------------------------------------------- 2. the research format ("S", "weights")
-
-def value_crop(d, mind, maxd):
-    if d < mind:
-        d = mind
-    elif d > maxd:
-        d = maxd
-    return d
-
-
-def expands_rate(d, config):
-    """``expands_rate`` of the research format and G2L (older mmcv / RFNext ``local_searcher/utils.py``)."""
-    e = config["exp_rate"]
-    return [value_crop(int(round((1 - e) * d)), config["mmin"], config["mmax"]),  # noqa: RUF046 (as written)
-            value_crop(d, config["mmin"], config["mmax"]),
-            value_crop(int(round((1 + e) * d)), config["mmin"], config["mmax"])]  # noqa: RUF046
-
 
 class ResearchConv2dRFSearchOp(nn.Module):
     """Transcribed from the older mmcv ``rfsearch/operator.py`` (open-mmlab/mmcv at 198832f3)

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from mmcv.cnn.rfsearch import Conv2dRFSearchOp
+from original_rfsearch import expands_rate
 from torch import nn
 
 from rfdeploy import rates as R
@@ -33,20 +34,8 @@ def mmcv_op(centre, kernel, stride, exp_rate, mmin, mmax, num_branches) -> Conv2
     return Conv2dRFSearchOp(conv, config, verbose=False)
 
 
-def value_crop(d, mind, maxd):
-    """``local_searcher/utils.py`` (RFNext) / older mmcv ``rfsearch/utils.py``: clip to [mind, maxd]."""
-    if d < mind:
-        d = mind
-    elif d > maxd:
-        d = maxd
-    return d
-
-
 def original_expands_rate(d, exp_rate, mmin, mmax):
-    """The research format's and G2L's ``expands_rate``: three values, centre clipped too."""
-    return [value_crop(int(round((1 - exp_rate) * d)), mmin, mmax),  # noqa: RUF046 (as written)
-            value_crop(d, mmin, mmax),
-            value_crop(int(round((1 + exp_rate) * d)), mmin, mmax)]  # noqa: RUF046
+    return expands_rate(d, {"exp_rate": exp_rate, "mmin": mmin, "mmax": mmax})
 
 
 def original_research_rates(d, S, exp_rate, mmin, mmax):
