@@ -14,7 +14,7 @@ from rfdeploy import recognise
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
 from rfdeploy.checkpoint import load_checkpoint
-from rfdeploy.compiler import CompileResult, compile_model
+from rfdeploy.compiler import compile_model
 from rfdeploy.errors import RFDeployError
 from rfdeploy.export import SEARCH_OPS, export_onnx, op_counts
 from rfdeploy.frontend import LoadInfo, build_searched, load_model
@@ -73,10 +73,6 @@ class ExportResult:
         return bool(self.report["verification"]["passed"])
 
 
-def _layer_rows(result: CompileResult) -> list[dict]:
-    return [asdict(layer) for layer in result.layers]
-
-
 def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
            input_shapes: list[tuple[int, ...]] | None = None, opset: int = 17, dynamic_batch: bool = False,
            out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
@@ -93,6 +89,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     shapes = input_shapes or loaded.input_shapes
     if not shapes:
         raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
+    _check_runs(loaded, shapes)
     tuning = None
     if tune:
         from rfdeploy.tune import tune_lowerings
@@ -100,7 +97,6 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         step(f"timing each layer's lowerings on {tune}")
         tuning = tune_lowerings(loaded.searched, shapes, tune)
         choices = {**tuning.choices, **(choices or {})}
-    _check_runs(loaded, shapes)
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)
     step("exporting ONNX")
@@ -108,13 +104,11 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     counts = op_counts(onnx_model)
     leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
     step("verifying in onnxruntime")
-    ort_check = verify(onnxruntime_runner(onnx_model), loaded.searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
-    torch_check = verify(torch_runner(result.model), loaded.searched, shapes, "torch-compiled", atol, rtol, seed)
+    verification = _verification(loaded.searched, result.model, onnx_model, shapes, atol, rtol, seed)
+    verification["passed"] = verification["passed"] and not leftover
     step("analysing receptive fields")
     receptive_field = (receptive_field_report(result.model, shapes[0]) if len(shapes) == 1
                        else {"error": "receptive-field analysis takes single-input models"})
-    verification = ort_check.to_json() | {"torch": torch_check.to_json()}
-    verification["passed"] = ort_check.passed and torch_check.passed and not leftover
     report = {
         "model": loaded.model_name,
         "model_recognised": loaded.recognised,
@@ -123,7 +117,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "mode": mode,
         "opset": opset,
         "load": asdict(loaded.info),
-        "layers": _layer_rows(result),
+        "layers": [asdict(layer) for layer in result.layers],
         "folded_batchnorms": len(result.folded_batchnorms),
         "batchnorm_note": result.batchnorm_note,
         "onnx_ops": counts,
@@ -136,6 +130,14 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     if write:
         _write(exported)
     return exported
+
+
+def _verification(searched: nn.Module, compiled: nn.Module, onnx_model: onnx.ModelProto,
+                  shapes: list[tuple[int, ...]], atol: float, rtol: float, seed: int) -> dict:
+    """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward."""
+    ort_check = verify(onnxruntime_runner(onnx_model), searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
+    torch_check = verify(torch_runner(compiled), searched, shapes, "torch-compiled", atol, rtol, seed)
+    return ort_check.to_json() | {"torch": torch_check.to_json(), "passed": ort_check.passed and torch_check.passed}
 
 
 def _check_runs(loaded: Loaded, shapes: list[tuple[int, ...]]) -> None:
