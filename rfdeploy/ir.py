@@ -109,6 +109,8 @@ def plain_conv(branch: Branch, stride: Rate, groups: int) -> nn.Module:
 
 def to_module(ir: ConvIR) -> nn.Module:
     """Plain torch modules computing the IR: a conv, a conv and ReLU, or a ``BranchSum``."""
+    if ir.branch_relu and any(branch.alpha < 0 for branch in ir.branches):
+        raise NotApplicable(f"{ir.name}: a negative alpha cannot move inside the ReLU of its branch")
     convs = [plain_conv(branch, ir.stride, ir.groups) for branch in ir.branches]
     if len(convs) > 1:
         return BranchSum(convs, ir.branch_relu)

@@ -182,3 +182,9 @@ def test_compile_reports_searched_alphas_and_leaves_no_search_op():
     assert layer.alphas == [0.25, 0.75]  # |a| / sum |a|
     assert not any(isinstance(m, SearchedConv) for m in result.model.modules())
     assert from_searched("x", searched[0]).branches[0].alpha == pytest.approx(0.25)
+
+
+def test_to_module_refuses_a_negative_alpha_before_a_relu():
+    ir = ir_of([1, 2], [-0.5, 1.5], relu=True, weight=torch.randn(2, 2, 3), bias=None)
+    with pytest.raises(NotApplicable, match="negative alpha"):
+        to_module(ir)
