@@ -13,13 +13,15 @@ from torch import nn
 from rfdeploy import recognise
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
+from rfdeploy.backends.onnxruntime_backend import OrtRunner
+from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.checkpoint import load_checkpoint
 from rfdeploy.compiler import compile_model
 from rfdeploy.errors import RFDeployError
 from rfdeploy.export import SEARCH_OPS, export_onnx, op_counts
 from rfdeploy.frontend import LoadInfo, build_searched, load_model
 from rfdeploy.structure import load_structure
-from rfdeploy.verify import onnxruntime_runner, random_inputs, torch_runner, verify
+from rfdeploy.verify import random_inputs, verify
 
 
 @dataclass
@@ -135,8 +137,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
 def _verification(searched: nn.Module, compiled: nn.Module, onnx_model: onnx.ModelProto,
                   shapes: list[tuple[int, ...]], atol: float, rtol: float, seed: int) -> dict:
     """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward."""
-    ort_check = verify(onnxruntime_runner(onnx_model), searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
-    torch_check = verify(torch_runner(compiled), searched, shapes, "torch-compiled", atol, rtol, seed)
+    ort_check = verify(OrtRunner(onnx_model, threads=0), searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
+    torch_check = verify(TorchRunner(compiled), searched, shapes, "torch-compiled", atol, rtol, seed)
     return ort_check.to_json() | {"torch": torch_check.to_json(), "passed": ort_check.passed and torch_check.passed}
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
+from rfdeploy.backends import Runner
 from rfdeploy.export import flat_outputs
 
 
@@ -59,38 +59,14 @@ def reference_outputs(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.n
         return [t.detach().double().numpy() for t in flat_outputs(model(*inputs))]
 
 
-def onnx_session(model: onnx.ModelProto, providers: list[str] | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"])
-
-
-def verify(run, reference: nn.Module, shapes: list[tuple[int, ...]], backend: str, atol: float = 1e-4,
+def verify(runner: Runner, reference: nn.Module, shapes: list[tuple[int, ...]], backend: str, atol: float = 1e-4,
            rtol: float = 1e-4, seed: int = 0, trials: int = 2) -> Verification:
-    """``run(inputs) -> list[np.ndarray]`` against ``reference`` on ``trials`` seeded random inputs."""
+    """A backend's runner against ``reference`` on ``trials`` seeded random inputs."""
     worst_abs, worst_rel, passed = 0.0, 0.0, True
     for trial in range(trials):
         inputs = random_inputs(shapes, seed + trial)
-        max_abs, max_rel, ok = compare(run(inputs), reference_outputs(reference, inputs), atol, rtol)
+        runner.load(inputs)
+        runner.run()
+        max_abs, max_rel, ok = compare(runner.fetch(), reference_outputs(reference, inputs), atol, rtol)
         worst_abs, worst_rel, passed = max(worst_abs, max_abs), max(worst_rel, max_rel), passed and ok
     return Verification(backend, worst_abs, worst_rel, passed, atol, rtol, seed, trials, [list(s) for s in shapes])
-
-
-def onnxruntime_runner(model: onnx.ModelProto, providers: list[str] | None = None):
-    session = onnx_session(model, providers)
-    names = [i.name for i in session.get_inputs()]
-
-    def run(inputs: list[torch.Tensor]) -> list[np.ndarray]:
-        return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
-
-    return run
-
-
-def torch_runner(model: nn.Module):
-    def run(inputs: list[torch.Tensor]) -> list[np.ndarray]:
-        with torch.no_grad():
-            return [t.detach().numpy() for t in flat_outputs(model(*inputs))]
-
-    return run
