@@ -305,6 +305,11 @@ class TrtRunner:
         self.inputs: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []
 
+    @classmethod
+    def from_file(cls, engine_path: str | Path) -> TrtRunner:
+        """A saved engine, refused with a clear message where its sidecar names another setup."""
+        return cls(load_engine_bytes(engine_path))
+
     def _torch_dtype(self, name: str) -> torch.dtype:
         import tensorrt as trt
 
