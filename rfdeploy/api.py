@@ -88,10 +88,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     step = progress or (lambda message: None)
     step("loading")
     loaded = load(model, ckpt, structure)
-    shapes = input_shapes or loaded.input_shapes
-    if not shapes:
-        raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
-    _check_runs(loaded, shapes)
+    shapes = input_shapes_for(loaded, input_shapes)
     tuning = None
     if tune:
         from rfdeploy.tune import tune_lowerings
@@ -142,8 +139,11 @@ def _verification(searched: nn.Module, compiled: nn.Module, onnx_model: onnx.Mod
     return ort_check.to_json() | {"torch": torch_check.to_json(), "passed": ort_check.passed and torch_check.passed}
 
 
-def _check_runs(loaded: Loaded, shapes: list[tuple[int, ...]]) -> None:
-    """The searched model runs on inputs of these shapes, or a one-line error saying it does not."""
+def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None) -> list[tuple[int, ...]]:
+    """The given input shapes, else the model's default; the searched model must run on them."""
+    shapes = given or loaded.input_shapes
+    if not shapes:
+        raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
     try:
         with torch.no_grad():
             loaded.searched(*random_inputs(shapes, 0))
@@ -152,6 +152,7 @@ def _check_runs(loaded: Loaded, shapes: list[tuple[int, ...]]) -> None:
         written = " ".join(",".join(map(str, shape)) for shape in shapes)
         raise RFDeployError(f"model '{loaded.model_name}' does not run on input shape {written}: "
                             f"{first_line[:200]}") from None
+    return shapes
 
 
 def _write(result: ExportResult) -> None:

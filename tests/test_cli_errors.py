@@ -230,3 +230,9 @@ def test_malformed_input_shape(files, capsys, shape):
 def test_input_shape_that_does_not_fit_the_model(files, capsys, shape):
     code, err = run_main(files.args(shape=shape), capsys)
     assert_one_line_error(code, err, shape)
+
+
+def test_bench_on_an_input_shape_that_does_not_fit_the_model(capsys):
+    code, err = run_main(["bench", "--model", "resnet50", "--input-shape", "1,5,32,32", "--iters", "1",
+                          "--warmup", "1"], capsys)
+    assert_one_line_error(code, err, "1,5,32,32")

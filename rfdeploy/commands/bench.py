@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                                              "give --ckpt or --random-alphas, not both")
     check_backends(args.backends, args.device)
     loaded = api.load(args.model, args.ckpt, args.structure)
-    shapes = args.input_shapes or loaded.input_shapes
-    if not shapes:
-        raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
+    shapes = api.input_shapes_for(loaded, args.input_shapes)
     if args.random_alphas is not None:
         randomize_alphas(loaded.searched, args.random_alphas)
     variant_count = len(VARIANTS) + int(args.with_plain)
