@@ -63,12 +63,18 @@ class TuningResult:
         return asdict(self)
 
 
+UNTUNABLE = {"torch-compile": "compiling each candidate of each layer would take minutes per layer; "
+                              "tune on torch (the same convolution kernels, eager) instead"}
+
+
 def parse_target(target: str) -> tuple[str, str]:
-    """``BACKEND[:DEVICE]`` -> (backend, device); TensorRT always runs on CUDA."""
+    """``BACKEND[:DEVICE]`` -> (backend, device); a GPU-only backend defaults to CUDA."""
     backend, _, device = target.partition(":")
     if backend not in BACKENDS:
         raise RFDeployError(f"--tune: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
-    device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    if backend in UNTUNABLE:
+        raise RFDeployError(f"--tune {backend}: not supported: {UNTUNABLE[backend]}")
+    device = device or ("cuda" if BACKENDS[backend].cuda_only else "cpu")
     check_backends([backend], device)
     return backend, device
 

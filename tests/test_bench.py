@@ -18,7 +18,7 @@ import torch
 from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook
 
 from rfdeploy import api, cli
-from rfdeploy.backends import make_runner, parse_backends
+from rfdeploy.backends import check_backends, make_runner, parse_backends
 from rfdeploy.bench import (
     bench,
     device_name,
@@ -137,6 +137,12 @@ def test_backend_list_is_checked():
         parse_backends("torch,tvm")
 
 
+@pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime-trt"])
+def test_gpu_only_backends_ask_for_cuda(backend):
+    with pytest.raises(RFDeployError, match=f"the {backend} backend runs on a GPU: give --device cuda"):
+        check_backends(["torch", backend], "cpu")
+
+
 # --- the benchmark ------------------------------------------------------------------------------------
 
 def test_bench_times_searched_and_compiled_on_each_backend_with_errors_against_pytorch(searched_tiny):
@@ -157,6 +163,20 @@ def test_bench_times_searched_and_compiled_on_each_backend_with_errors_against_p
     assert report.device_name and report.threads == 1
     assert set(report.compile["lowerings"]) == {"dense", "depthwise"}
     json.dumps(report.to_json())
+
+
+def test_torch_compile_backend_runs_both_variants_through_inductor(searched_tiny):
+    from torch._dynamo.utils import counters
+
+    loaded, *_ = searched_tiny
+    graphs_before = counters["stats"]["unique_graphs"]
+    report = bench(loaded.searched, [SHAPE], ["torch-compile"], warmup=1, iters=3, threads=1)
+    assert counters["stats"]["unique_graphs"] >= graphs_before + 2  # each variant compiled: not run eagerly
+    rows = {r.variant: r for r in report.results}
+    assert set(rows) == {"searched", "compiled"} and set(report.speedups()) == {"torch-compile"}
+    for row in rows.values():
+        assert row.backend == "torch-compile" and row.p50_ms > 0
+        assert row.max_abs_err < 1e-4 and row.max_rel_err < 1e-4
 
 
 def test_naive_onnx_export_of_the_searched_model_keeps_the_alpha_arithmetic(searched_tiny):

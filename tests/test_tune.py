@@ -76,7 +76,11 @@ def test_tune_targets_are_checked():
     assert parse_target("torch:cpu") == ("torch", "cpu")
     with pytest.raises(RFDeployError, match="unknown backend 'tvm'"):
         parse_target("tvm")
+    with pytest.raises(RFDeployError, match="--tune torch-compile: not supported: .* tune on torch"):
+        parse_target("torch-compile")
     if not torch.cuda.is_available():
+        with pytest.raises(RFDeployError, match="no CUDA GPU"):
+            parse_target("onnxruntime-trt")
         with pytest.raises(RFDeployError, match="no CUDA GPU"):
             parse_target("tensorrt")
         with pytest.raises(RFDeployError, match="no CUDA GPU"):
@@ -103,5 +107,6 @@ def test_export_tune_with_an_unknown_backend_fails_in_one_line(searched_tiny, tm
     assert cli.main(["export", "--model", f"{MODULE}:build", "--ckpt", str(checkpoint), "--structure",
                      str(structure), "--input-shape", "1,3,16,16", "--out", str(tmp_path / "o"), "--tune", "tvm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "rfdeploy: error: --tune: unknown backend 'tvm' (known: torch, onnxruntime, tensorrt)"
+    assert err[-1] == ("rfdeploy: error: --tune: unknown backend 'tvm' (known: torch, torch-compile, "
+                       "onnxruntime, onnxruntime-trt, tensorrt)")
     assert not (tmp_path / "o").exists()

@@ -7,6 +7,7 @@ of the last ``run`` back to the host as numpy arrays.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -17,8 +18,24 @@ from torch import nn
 from rfdeploy.errors import RFDeployError
 from rfdeploy.export import export_onnx
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    runs_onnx: bool  # runs the exported ONNX model, not the torch module
+    cuda_only: bool
+    summary: str
+
+
+BACKENDS = {backend.name: backend for backend in (
+    Backend("torch", False, False, "PyTorch eager"),
+    Backend("torch-compile", False, False, "PyTorch through torch.compile (Inductor)"),
+    Backend("onnxruntime", True, False, "onnxruntime: CPU provider, or CUDA provider with --device cuda"),
+    Backend("onnxruntime-trt", True, True, "onnxruntime's TensorRT execution provider (onnxruntime-gpu)"),
+    Backend("tensorrt", True, True, "a TensorRT engine built with the TensorRT Python API"),
+)}
 
 
 class Runner(Protocol):
@@ -43,16 +60,19 @@ def require_device(device: str) -> None:
 def check_backends(backends: list[str], device: str) -> None:
     """Fail before any work where a backend cannot run on ``device`` or is not installed."""
     require_device(device)
+    for name in backends:
+        if BACKENDS[name].cuda_only and device != "cuda":
+            raise RFDeployError(f"the {name} backend runs on a GPU: give --device cuda")
     if "tensorrt" in backends:
-        if device != "cuda":
-            raise RFDeployError("the tensorrt backend runs on a GPU: give --device cuda")
         from rfdeploy.backends.tensorrt_backend import require_tensorrt
 
         require_tensorrt()
-    if "onnxruntime" in backends and device == "cuda":
+    if device == "cuda":
         from rfdeploy.backends.onnxruntime_backend import providers
 
-        providers(device)
+        for name in backends:
+            if name.startswith("onnxruntime"):
+                providers(device, tensorrt=name == "onnxruntime-trt")
 
 
 def parse_backends(text: str) -> list[str]:
@@ -67,16 +87,18 @@ def parse_backends(text: str) -> list[str]:
 def make_runner(backend: str, model: nn.Module, example: list[torch.Tensor], device: str = "cpu",
                 threads: int = 1, onnx_model: onnx.ModelProto | None = None) -> Runner:
     """A runner of ``model`` on ``backend``; ONNX backends run ``onnx_model``, else ``model`` exported."""
-    if backend == "torch":
+    if backend not in BACKENDS:
+        raise RFDeployError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    if not BACKENDS[backend].runs_onnx:
         from rfdeploy.backends.torch_backend import TorchRunner
 
-        return TorchRunner(model, device)
+        return TorchRunner(model, device, compiled=backend == "torch-compile")
     if onnx_model is None:
         onnx_model = export_onnx(model, example)
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         from rfdeploy.backends.onnxruntime_backend import OrtRunner
 
-        return OrtRunner(onnx_model, device, threads)
+        return OrtRunner(onnx_model, device, threads, tensorrt=backend == "onnxruntime-trt")
     if backend == "tensorrt":
         from rfdeploy.backends import tensorrt_backend as trt_backend
 
@@ -85,4 +107,4 @@ def make_runner(backend: str, model: nn.Module, example: list[torch.Tensor], dev
         options = trt_backend.BuildOptions(timing_cache=trt_backend.default_timing_cache(trt_backend.current_setup()))
         engine = trt_backend.build_serialized(onnx_model.SerializeToString(), profiles, options)
         return trt_backend.TrtRunner(engine)
-    raise RFDeployError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    raise AssertionError(f"backend '{backend}' has no runner")

@@ -7,6 +7,10 @@ turn on few cores, one session's spinning workers would steal the cores of the n
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,19 +21,32 @@ from rfdeploy.errors import RFDeployError
 GPU_HINT = "pip install 'rfdeploy[gpu]' (onnxruntime-gpu, needs an NVIDIA GPU)"
 
 
-def providers(device: str, tensorrt: bool = False) -> list[str]:
-    """The execution providers for ``device``, best first; CUDA ones only where onnxruntime has them."""
+Provider = str | tuple[str, dict[str, Any]]
+
+
+def providers(device: str, tensorrt: bool = False) -> list[Provider]:
+    """The execution providers for ``device``, best first; CUDA ones only where onnxruntime has them.
+
+    With ``tensorrt``, onnxruntime's TensorRT provider comes first (CUDA then takes what TensorRT cannot),
+    with its engine and timing caches on disk: it builds engines at a session's first run.
+    """
     if device == "cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise RFDeployError(f"onnxruntime {ort.__version__} has no CUDA execution provider: {GPU_HINT}")
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    wanted: list[Provider] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if tensorrt:
         if "TensorrtExecutionProvider" not in available:
             raise RFDeployError(f"onnxruntime {ort.__version__} has no TensorRT execution provider: {GPU_HINT}")
-        wanted.insert(0, "TensorrtExecutionProvider")
+        wanted.insert(0, ("TensorrtExecutionProvider", tensorrt_provider_options()))
     return wanted
+
+
+def tensorrt_provider_options() -> dict[str, Any]:
+    cache = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfdeploy" / "onnxruntime-trt")
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}
 
 
 def session_options(threads: int) -> ort.SessionOptions:

@@ -1,8 +1,8 @@
 """``rfdeploy bench``: latency and accuracy of the searched model as trained vs rfdeploy's compiled model.
 
-Per backend, ``searched`` is the model as trained (PyTorch runs the search op; onnxruntime and TensorRT
-run a naive export that keeps every branch and the alpha arithmetic) and ``compiled`` is rfdeploy's
-output. Variants are timed interleaved after a warm-up; errors are against PyTorch's searched forward.
+Per backend, ``searched`` is the model as trained (PyTorch runs the search op, eager or through
+torch.compile; onnxruntime and TensorRT run a naive export that keeps every branch and the alpha
+arithmetic) and ``compiled`` is rfdeploy's output. Variants are timed interleaved after a warm-up; errors are against PyTorch's searched forward.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.backends import DEVICES, check_backends, parse_backends
+from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
 from rfdeploy.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
 from rfdeploy.commands.common import add_model_arguments, console, require
 from rfdeploy.errors import RFDeployError
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--backends", default="torch,onnxruntime", type=parse_backends_arg,
-                        help="comma-separated: torch, onnxruntime, tensorrt (default: torch,onnxruntime)")
+                        help=f"comma-separated, of: {', '.join(BACKENDS)} (default: torch,onnxruntime)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
     parser.add_argument("--warmup", type=positive, default=10, help="untimed runs of each variant first")
     parser.add_argument("--iters", type=positive, default=50, help="timed runs of each variant")

@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each layer's lowering by timing the candidates on this backend "
-                             "(onnxruntime, torch, tensorrt; e.g. onnxruntime or torch:cuda); timings go in the report")
+                             "(torch, onnxruntime, onnxruntime-trt, tensorrt; e.g. onnxruntime or torch:cuda); "
+                             "timings go in the report")
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT (needs pip install 'rfdeploy[trt]' and a GPU)")
     build_command.add_engine_arguments(parser)
