@@ -12,10 +12,11 @@ from rfdeploy.passes.choose_lowering import choose_lowering
 from rfdeploy.passes.drop_zero_branches import drop_zero_branches
 from rfdeploy.passes.fold_alphas import fold_alphas
 from rfdeploy.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.passes.merge_biases import merge_biases
 from rfdeploy.passes.merge_equal_rates import merge_equal_rates
 from rfdeploy.searched import SearchedConv
 
-PIPELINE = (merge_equal_rates, drop_zero_branches, fold_alphas)
+PIPELINE = (merge_equal_rates, drop_zero_branches, fold_alphas, merge_biases)
 
 
 @dataclass

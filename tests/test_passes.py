@@ -12,6 +12,7 @@ from rfdeploy.passes.fold_alphas import fold_alphas
 from rfdeploy.passes.fold_batchnorm import fold_batchnorm
 from rfdeploy.passes.lower_multi import lower_multi
 from rfdeploy.passes.lower_single import lower_single
+from rfdeploy.passes.merge_biases import merge_biases
 from rfdeploy.passes.merge_equal_rates import merge_equal_rates
 from rfdeploy.searched import SearchedConv
 
@@ -84,6 +85,20 @@ def test_fold_alphas_moves_each_alpha_into_weight_and_bias():
 def test_fold_alphas_refuses_a_negative_alpha_before_a_relu():
     with pytest.raises(NotApplicable, match="negative alpha"):
         fold_alphas(ir_of([1, 2], [-0.5, 1.5], relu=True, weight=torch.randn(2, 2, 3), bias=None))
+
+
+def test_merge_biases_puts_one_summed_bias_on_the_least_dilated_branch():
+    merged = merge_biases(fold_alphas(ir_of([2, 1, 3], [0.2, 0.5, 0.3])))
+    assert [b.bias is not None for b in merged.branches] == [False, True, False]
+    torch.testing.assert_close(merged.branches[1].bias, B)  # 0.2*B + 0.5*B + 0.3*B
+    torch.testing.assert_close(run(merged), reference([2, 1, 3], [0.2, 0.5, 0.3]))
+
+
+def test_merge_biases_leaves_biases_inside_a_relu_and_unfolded_alphas_alone():
+    relu = fold_alphas(ir_of([1, 2], [0.5, 0.5], relu=True))
+    assert merge_biases(relu) is relu
+    with pytest.raises(NotApplicable, match="alphas are not folded"):
+        merge_biases(ir_of([1, 2], [0.5, 0.5]))
 
 
 def test_lower_single_places_taps_at_the_gcd_of_the_rates():
@@ -162,14 +177,39 @@ def test_fold_batchnorm_leaves_a_conv_whose_output_is_also_used_elsewhere():
     assert isinstance(model.bn, nn.BatchNorm2d)
 
 
-def test_fold_batchnorm_into_a_multi_branch_lowering():
-    searched = nn.Sequential(SearchedConv(W, B, torch.tensor([0.3, 0.7]), [(1, 1), (3, 3)], [(1, 1), (3, 3)],
+@pytest.mark.parametrize("bias", [B, None], ids=["conv-bias", "no-conv-bias"])
+def test_fold_batchnorm_into_a_multi_branch_lowering(bias):
+    searched = nn.Sequential(SearchedConv(W, bias, torch.tensor([0.3, 0.7]), [(3, 3), (1, 1)], [(3, 3), (1, 1)],
                                           (1, 1), 1), nn.BatchNorm2d(4)).eval()
     with torch.no_grad():
         searched[1].running_var.uniform_(0.5, 2)
         searched[1].running_mean.uniform_(-1, 1)
     result = compile_model(searched, mode="multi")
     assert result.folded_batchnorms == ["1"] and isinstance(result.model[0], BranchSum)
+    # one bias in all, on the undilated branch: the dilated conv stays bias-free
+    assert [conv.bias is not None for conv in result.model[0].convs] == [False, True]
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(X), searched(X), atol=1e-5, rtol=1e-5)
+
+
+def test_a_sum_of_dilated_convs_carries_its_bias_itself():
+    module = to_module(merge_biases(fold_alphas(ir_of([2, 4], [0.4, 0.6]))))
+    assert isinstance(module, BranchSum) and module.bias is not None
+    assert all(conv.bias is None for conv in module.convs)
+    torch.testing.assert_close(run(merge_biases(fold_alphas(ir_of([2, 4], [0.4, 0.6])))),
+                               reference([2, 4], [0.4, 0.6]))
+
+
+def test_fold_batchnorm_into_a_sum_of_dilated_convs_gives_the_sum_a_bias():
+    searched = nn.Sequential(SearchedConv(W, None, torch.tensor([0.3, 0.7]), [(2, 2), (3, 3)], [(2, 2), (3, 3)],
+                                          (1, 1), 1), nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        searched[1].running_var.uniform_(0.5, 2)
+        searched[1].running_mean.uniform_(-1, 1)
+    result = compile_model(searched, mode="multi")
+    branch_sum = result.model[0]
+    assert result.folded_batchnorms == ["1"] and isinstance(branch_sum, BranchSum)
+    assert branch_sum.bias is not None and all(conv.bias is None for conv in branch_sum.convs)
     with torch.no_grad():
         torch.testing.assert_close(result.model(X), searched(X), atol=1e-5, rtol=1e-5)
 

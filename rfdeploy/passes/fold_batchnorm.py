@@ -2,19 +2,22 @@
 
 Preserves outputs up to rounding: ``bn(conv(x)) == conv'(x)`` with ``W' = W * g/sqrt(v+eps)`` per output
 channel and ``b' = (b - m) * g/sqrt(v+eps) + beta``. Works on plain convs and on multi-branch lowerings
-without a per-branch nonlinearity (every branch scales, the bias shift goes to one branch). The graph
-comes from torch.fx; the model keeps its own classes and forward code, only the folded BatchNorms become
-``nn.Identity``. A model fx cannot trace is left as it is, with the reason.
+without a per-branch nonlinearity (every branch scales; the bias shift goes to one place: a conv with
+a bias already, else the least dilated conv, or the ``BranchSum``'s own bias when every conv is
+dilated). The graph comes from torch.fx; the model keeps its own classes and forward code, only the
+folded BatchNorms become ``nn.Identity``. A model fx cannot trace is left as it is, with the reason.
 """
 
 from __future__ import annotations
+
+from math import prod
 
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from rfdeploy.ir import BranchSum, ConvReLU
+from rfdeploy.ir import BranchSum, ConvReLU, is_dilated
 from rfdeploy.searched import SearchedConv
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -34,22 +37,31 @@ def _foldable_convs(module: nn.Module) -> list[_ConvNd] | None:
     return None
 
 
+def _bias_home(module: nn.Module, convs: list[_ConvNd]) -> nn.Module:
+    """Where the BatchNorm's shift goes: a conv with a bias, else the least dilated conv; a ``BranchSum``
+    of dilated convs only (see its docstring) takes it itself."""
+    if isinstance(module, BranchSum) and (module.bias is not None or all(is_dilated(c) for c in convs)):
+        return module
+    return min(convs, key=lambda conv: (conv.bias is None, prod(conv.dilation)))
+
+
 @torch.no_grad()
-def _fold(convs: list[_ConvNd], bn: _BatchNorm) -> None:
+def _fold(module: nn.Module, convs: list[_ConvNd], bn: _BatchNorm) -> None:
     assert bn.running_var is not None and bn.running_mean is not None
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(bn.running_var.double())
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(gamma)
     scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = beta - bn.running_mean.double() * scale
     shape = (-1,) + (1,) * (convs[0].weight.dim() - 1)
-    for index, conv in enumerate(convs):
+    for conv in convs:
         conv.weight.copy_(conv.weight.double() * scale.view(shape))
-        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        shift = beta - bn.running_mean.double() * scale
-        new_bias = bias * scale + (shift if index == 0 else 0.0)
-        if conv.bias is None:
-            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
-        else:
-            conv.bias.copy_(new_bias)
+    home = _bias_home(module, convs)
+    for owner in {*convs, module}:
+        bias = owner.bias
+        if isinstance(bias, torch.Tensor):
+            bias.copy_(bias.double() * scale + (shift if owner is home else 0.0))
+    if home.bias is None:  # branches without a bias keep none: the shift goes to one place only
+        home.bias = nn.Parameter(shift.to(convs[0].weight.dtype))
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -91,7 +103,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str], str | None]:
         convs = _foldable_convs(model.get_submodule(conv_name))
         if not isinstance(bn, _BatchNorm) or bn.running_var is None or not convs:
             continue  # track_running_stats=False normalises with batch statistics: nothing to fold
-        _fold(convs, bn)
+        _fold(model.get_submodule(conv_name), convs, bn)
         _set_submodule(model, bn_name, nn.Identity())
         folded.append(bn_name)
     return model, folded, None
