@@ -13,6 +13,7 @@ from torch import nn
 from rfdeploy import recognise
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
+from rfdeploy.backends import tensorrt_backend as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.checkpoint import load_checkpoint
@@ -68,6 +69,7 @@ class ExportResult:
     onnx_model: onnx.ModelProto
     compiled: nn.Module
     out_dir: Path
+    engine: trt_backend.BuiltEngine | None = None
     written: list[Path] = field(default_factory=list)
 
     @property
@@ -79,11 +81,13 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            input_shapes: list[tuple[int, ...]] | None = None, opset: int = 17, dynamic_batch: bool = False,
            out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
            choices: dict[str, str] | None = None, write: bool = True, progress=None,
-           tune: str | None = None) -> ExportResult:
+           tune: str | None = None, engine: trt_backend.EngineRequest | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
-    ``DIR/model.onnx`` and ``DIR/report.json`` are replaced only when verification passes; a failing
-    run writes ``DIR/failed-report.json`` and leaves earlier outputs untouched.
+    With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
+    searched forward too (report key ``tensorrt``). ``DIR/model.onnx``, ``DIR/report.json`` (and the
+    engine with its sidecar) are replaced only when every verification passes; a failing run writes
+    ``DIR/failed-report.json`` and leaves earlier outputs untouched.
     """
     step = progress or (lambda message: None)
     step("loading")
@@ -126,6 +130,12 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "receptive_field": receptive_field,
     }
     exported = ExportResult(report, onnx_model, result.model, Path(out))
+    if engine is not None and verification["passed"]:
+        step("building and verifying the TensorRT engine (minutes for a large model)")
+        exported.engine = trt_backend.build(onnx_model.SerializeToString(), engine, "model.onnx")
+        check = trt_backend.verify_engine(exported.engine, loaded.searched, atol, rtol, seed)
+        report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
+        verification["passed"] = verification["passed"] and check.passed
     if write:
         _write(exported)
     return exported
@@ -158,7 +168,8 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None) -> lis
 def _write(result: ExportResult) -> None:
     report = json.dumps(result.report, indent=2).encode()
     if result.passed:
+        engine = result.engine.files("model.engine") if result.engine else {}
         result.written = write_all(result.out_dir, {"model.onnx": result.onnx_model.SerializeToString(),
-                                                    "report.json": report})
+                                                    "report.json": report, **engine})
     else:
         result.written = write_all(result.out_dir, {"failed-report.json": report})

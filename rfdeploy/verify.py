@@ -59,14 +59,21 @@ def reference_outputs(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.n
         return [t.detach().double().numpy() for t in flat_outputs(model(*inputs))]
 
 
-def verify(runner: Runner, reference: nn.Module, shapes: list[tuple[int, ...]], backend: str, atol: float = 1e-4,
-           rtol: float = 1e-4, seed: int = 0, trials: int = 2) -> Verification:
-    """A backend's runner against ``reference`` on ``trials`` seeded random inputs."""
+def run_once(runner: Runner, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    runner.load(inputs)
+    runner.run()
+    return runner.fetch()
+
+
+def verify(runner: Runner, reference: nn.Module | Runner, shapes: list[tuple[int, ...]], backend: str,
+           atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, trials: int = 2) -> Verification:
+    """A backend's runner against ``reference`` (the searched PyTorch model, or another runner) on
+    ``trials`` seeded random inputs."""
     worst_abs, worst_rel, passed = 0.0, 0.0, True
     for trial in range(trials):
         inputs = random_inputs(shapes, seed + trial)
-        runner.load(inputs)
-        runner.run()
-        max_abs, max_rel, ok = compare(runner.fetch(), reference_outputs(reference, inputs), atol, rtol)
+        expected = (reference_outputs(reference, inputs) if isinstance(reference, nn.Module)
+                    else [a.astype(np.float64) for a in run_once(reference, inputs)])
+        max_abs, max_rel, ok = compare(run_once(runner, inputs), expected, atol, rtol)
         worst_abs, worst_rel, passed = max(worst_abs, max_abs), max(worst_rel, max_rel), passed and ok
     return Verification(backend, worst_abs, worst_rel, passed, atol, rtol, seed, trials, [list(s) for s in shapes])

@@ -224,6 +224,22 @@ def test_runners_agree_with_pytorch(searched_tiny):
             assert np.abs(runner.fetch()[0] - expected).max() < 1e-4, backend
 
 
+def test_verification_against_another_runner_tells_equal_from_different(searched_tiny):
+    from rfdeploy.compiler import compile_model
+    from rfdeploy.export import export_onnx
+    from rfdeploy.verify import verify
+
+    loaded, *_ = searched_tiny
+    compiled = compile_model(loaded.searched).model
+    onnx_runner = make_runner("onnxruntime", compiled, random_inputs([SHAPE], 0))
+    assert verify(onnx_runner, make_runner("torch", loaded.searched, []), [SHAPE], "onnxruntime").passed
+    with torch.no_grad():
+        compiled.head.bias.add_(1e-2)
+    changed = make_runner("onnxruntime", compiled, [], onnx_model=export_onnx(compiled, random_inputs([SHAPE], 0)))
+    check = verify(changed, make_runner("torch", loaded.searched, []), [SHAPE], "onnxruntime")
+    assert not check.passed and check.max_abs_err == pytest.approx(1e-2, rel=1e-3)
+
+
 # --- the command --------------------------------------------------------------------------------------
 
 def test_bench_command_prints_json_results(searched_tiny, capsys, monkeypatch):

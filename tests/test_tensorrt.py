@@ -145,6 +145,19 @@ def test_missing_or_foreign_sidecar_is_refused(tmp_path):
         trt_backend.read_sidecar(engine)
 
 
+def test_fp16_engines_are_held_to_a_wider_tolerance_never_a_narrower_one():
+    assert trt_backend.engine_tolerance("fp32", 1e-4, 2e-4) == (1e-4, 2e-4)
+    assert trt_backend.engine_tolerance("fp16", 1e-4, 2e-4) == (trt_backend.FP16_TOLERANCE,) * 2
+    assert trt_backend.engine_tolerance("fp16", 0.5, 0.25) == (0.5, 0.25)
+
+
+def test_built_engine_files_are_the_engine_and_its_sidecar():
+    sidecar = trt_backend.make_sidecar(Setup("10.3.0", "GPU"), "fp32", 64, [], b"onnx")
+    files = trt_backend.BuiltEngine(b"plan", sidecar, []).files("model.engine")
+    assert files["model.engine"] == b"plan"
+    assert json.loads(files["model.engine.json"])["onnx_sha256"] == sidecar.onnx_sha256
+
+
 def test_default_timing_cache_is_per_tensorrt_version_and_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = trt_backend.default_timing_cache(Setup("10.13.0.35", "NVIDIA H100 80GB HBM3"))
@@ -242,11 +255,12 @@ needs_tensorrt = pytest.mark.skipif(not (has_tensorrt() and torch.cuda.is_availa
 def test_engine_builds_runs_and_is_refused_elsewhere(tmp_path):
     onnx_path = tiny_onnx(tmp_path / "m.onnx", dynamic_batch=True)
     engine = tmp_path / "m.engine"
-    options = trt_backend.BuildOptions("fp32", 256, tmp_path / "timing.cache")
-    sidecar = trt_backend.build_engine(onnx_path, engine, [parse_named_shape("1x3x8x8")],
-                                       [parse_named_shape("2x3x8x8")], [parse_named_shape("4x3x8x8")], options)
+    request = trt_backend.EngineRequest(trt_backend.BuildOptions("fp32", 256, tmp_path / "timing.cache"),
+                                        [parse_named_shape("1x3x8x8")], [parse_named_shape("2x3x8x8")],
+                                        [parse_named_shape("4x3x8x8")])
+    built = trt_backend.build_engine(onnx_path, engine, request)
     assert engine.stat().st_size > 0 and (tmp_path / "timing.cache").stat().st_size > 0
-    assert sidecar.gpu_name == torch.cuda.get_device_name()
+    assert built.sidecar.gpu_name == torch.cuda.get_device_name()
 
     import onnxruntime as ort
 
@@ -261,3 +275,21 @@ def test_engine_builds_runs_and_is_refused_elsewhere(tmp_path):
     trt_backend.sidecar_path(engine).write_text(json.dumps(data | {"tensorrt_version": "0.0.0"}))
     with pytest.raises(RFDeployError, match="built with TensorRT 0.0.0"):
         trt_backend.load_engine_bytes(engine)
+
+
+@needs_tensorrt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_export_trt_verifies_the_engine_against_the_searched_forward(tmp_path, precision):
+    from rfdeploy import api
+    from rfdeploy.searched import SearchedConv
+
+    torch.manual_seed(0)
+    searched = nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
+                                          [(1, 1), (2, 2)], [(1, 1), (2, 2)], (1, 1), 1), nn.ReLU()).eval()
+    request = trt_backend.EngineRequest(trt_backend.BuildOptions(precision, 256, tmp_path / "timing.cache"))
+    result = api.export(searched, input_shapes=[(1, 3, 16, 16)], out=tmp_path / "out", engine=request)
+    check = result.report["tensorrt"]["verification"]
+    assert check["passed"] and check["backend"] == f"tensorrt-{precision}" and result.passed
+    assert (tmp_path / "out" / "model.engine").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "model.engine.json").read_text())["precision"] == precision

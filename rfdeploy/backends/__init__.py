@@ -102,9 +102,6 @@ def make_runner(backend: str, model: nn.Module, example: list[torch.Tensor], dev
     if backend == "tensorrt":
         from rfdeploy.backends import tensorrt_backend as trt_backend
 
-        inputs = trt_backend.onnx_inputs(onnx_model)
-        profiles = trt_backend.resolve_profile(inputs, [], [], [])
-        options = trt_backend.BuildOptions(timing_cache=trt_backend.default_timing_cache(trt_backend.current_setup()))
-        engine = trt_backend.build_serialized(onnx_model.SerializeToString(), profiles, options)
-        return trt_backend.TrtRunner(engine)
+        return trt_backend.TrtRunner(trt_backend.build(onnx_model.SerializeToString(),
+                                                       trt_backend.EngineRequest()).engine)
     raise AssertionError(f"backend '{backend}' has no runner")

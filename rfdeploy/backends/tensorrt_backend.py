@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -21,6 +22,12 @@ from google.protobuf.message import DecodeError
 
 from rfdeploy.artifacts import write_all
 from rfdeploy.errors import RFDeployError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from rfdeploy.backends import Runner
+    from rfdeploy.verify import Verification
 
 INSTALL_HINT = "TensorRT is not installed: pip install 'rfdeploy[trt]' (it needs an NVIDIA GPU with CUDA)"
 SIDECAR_SUFFIX = ".json"
@@ -240,6 +247,8 @@ def build_serialized(onnx_bytes: bytes, profiles: list[InputProfile], options: B
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    else:  # TensorRT allows TF32 (10 mantissa bits) by default on Ampere and later: fp32 means fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for entry in profiles:
         profile.set_shape(entry.name, trt.Dims(list(entry.min)), trt.Dims(list(entry.opt)), trt.Dims(list(entry.max)))
@@ -255,26 +264,76 @@ def build_serialized(onnx_bytes: bytes, profiles: list[InputProfile], options: B
     return bytes(serialized)
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, mins: list[NamedShape], opts: list[NamedShape],
-                 maxs: list[NamedShape], options: BuildOptions) -> Sidecar:
-    """``onnx_path`` -> ``engine_path`` and its sidecar, both written whole or not at all."""
-    if options.precision not in PRECISIONS:
-        raise RFDeployError(f"unknown precision '{options.precision}' (known: {', '.join(PRECISIONS)})")
+@dataclass(frozen=True)
+class EngineRequest:
+    """An engine to build: its options and the optimization profile's shapes (``--min/opt/max-shape``)."""
+
+    options: BuildOptions = BuildOptions()
+    mins: list[NamedShape] = field(default_factory=list)
+    opts: list[NamedShape] = field(default_factory=list)
+    maxs: list[NamedShape] = field(default_factory=list)
+
+
+@dataclass
+class BuiltEngine:
+    engine: bytes
+    sidecar: Sidecar
+    profiles: list[InputProfile]
+
+    def files(self, engine_name: str) -> dict[str, bytes]:
+        """The engine and its sidecar, by file name, for ``write_all``."""
+        sidecar = json.dumps(self.sidecar.to_json(), indent=2).encode()
+        return {engine_name: self.engine, sidecar_path(engine_name).name: sidecar}
+
+
+def build(onnx_bytes: bytes, request: EngineRequest, source: str = "<onnx>") -> BuiltEngine:
+    """A serialized engine and its sidecar, in memory."""
+    if request.options.precision not in PRECISIONS:
+        raise RFDeployError(f"unknown precision '{request.options.precision}' (known: {', '.join(PRECISIONS)})")
     try:
-        onnx_bytes = Path(onnx_path).read_bytes()
         model = onnx.load_from_string(onnx_bytes)
-    except (OSError, DecodeError) as error:
-        raise RFDeployError(f"{onnx_path}: not a readable ONNX model ({type(error).__name__})") from None
-    profiles = resolve_profile(onnx_inputs(model), mins, opts, maxs)
+    except DecodeError as error:
+        raise RFDeployError(f"{source}: not a readable ONNX model ({type(error).__name__})") from None
+    profiles = resolve_profile(onnx_inputs(model), request.mins, request.opts, request.maxs)
     setup = current_setup()
+    options = request.options
     if options.timing_cache is None:
         options = BuildOptions(options.precision, options.workspace_mb, default_timing_cache(setup))
-    engine = build_serialized(onnx_bytes, profiles, options, str(onnx_path))
-    sidecar = make_sidecar(setup, options.precision, options.workspace_mb, profiles, onnx_bytes)
+    engine = build_serialized(onnx_bytes, profiles, options, source)
+    return BuiltEngine(engine, make_sidecar(setup, options.precision, options.workspace_mb, profiles, onnx_bytes),
+                       profiles)
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, request: EngineRequest) -> BuiltEngine:
+    """``onnx_path`` -> ``engine_path`` and its sidecar, both written whole or not at all."""
+    try:
+        onnx_bytes = Path(onnx_path).read_bytes()
+    except OSError as error:
+        raise RFDeployError(f"{onnx_path}: not a readable ONNX model ({type(error).__name__})") from None
+    built = build(onnx_bytes, request, str(onnx_path))
     engine_path = Path(engine_path)
-    write_all(engine_path.parent, {engine_path.name: engine,
-                                   sidecar_path(engine_path).name: json.dumps(sidecar.to_json(), indent=2).encode()})
-    return sidecar
+    write_all(engine_path.parent, built.files(engine_path.name))
+    return built
+
+
+FP16_TOLERANCE = 1e-2  # FP16 keeps 11 significant bits: about 5e-4 per rounding, more through a deep network
+
+
+def engine_tolerance(precision: str, atol: float, rtol: float) -> tuple[float, float]:
+    """The (atol, rtol) an engine is held to: the given ones, widened to ``FP16_TOLERANCE`` for FP16."""
+    if precision == "fp16":
+        return max(atol, FP16_TOLERANCE), max(rtol, FP16_TOLERANCE)
+    return atol, rtol
+
+
+def verify_engine(built: BuiltEngine, reference: nn.Module | Runner, atol: float = 1e-4, rtol: float = 1e-4,
+                  seed: int = 0) -> Verification:
+    """The engine against ``reference`` at each input's ``opt`` shape (the one the engine is tuned for)."""
+    from rfdeploy.verify import verify
+
+    atol, rtol = engine_tolerance(built.sidecar.precision, atol, rtol)
+    shapes = [profile.opt for profile in built.profiles]
+    return verify(TrtRunner(built.engine), reference, shapes, f"tensorrt-{built.sidecar.precision}", atol, rtol, seed)
 
 
 # --- run ----------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The engine gets one optimization profile (``--min-shape`` / ``--opt-shape`` / ``--max-shape`` per
 dynamic input) and reuses a persistent timing cache. The sidecar ``ENGINE.json`` records the TensorRT
 version, GPU, precision and shapes; an engine whose sidecar names another setup is refused on load.
-Needs TensorRT (``pip install 'rfdeploy[trt]'``) and an NVIDIA GPU.
+Before anything is written, the engine runs against its ONNX model in onnxruntime-CPU at the
+profile's opt shapes; a mismatch writes nothing. Needs TensorRT (``pip install 'rfdeploy[trt]'``) and
+an NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import onnx
+
+from rfdeploy.artifacts import write_all
 from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.commands.common import console
 from rfdeploy.errors import RFDeployError
+from rfdeploy.verify import Verification
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +28,10 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("onnx", help="the ONNX model, e.g. rfdeploy-out/model.onnx")
     parser.add_argument("--out", help="engine path (default: the ONNX path with .engine)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance against onnxruntime-CPU")
+    parser.add_argument("--rtol", type=float, default=1e-4,
+                        help="tolerance relative to each output's largest value (FP16: at least 1e-2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -46,21 +57,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "under ~/.cache/rfdeploy/tensorrt)")
 
 
-def build_options(args: argparse.Namespace) -> trt_backend.BuildOptions:
+def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
     if args.workspace < 1:
         raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
-    return trt_backend.BuildOptions("fp16" if args.fp16 else "fp32", args.workspace, args.timing_cache)
+    options = trt_backend.BuildOptions("fp16" if args.fp16 else "fp32", args.workspace, args.timing_cache)
+    return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)
 
 
-def build(onnx_path: Path, engine_path: Path, args: argparse.Namespace) -> trt_backend.Sidecar:
-    """Build with the engine options in ``args``, showing a spinner; print what was written."""
-    options = build_options(args)
-    with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
-        sidecar = trt_backend.build_engine(onnx_path, engine_path, args.min_shape, args.opt_shape, args.max_shape,
-                                           options)
-    console.print(f"wrote {engine_path} and {trt_backend.sidecar_path(engine_path)} (TensorRT "
-                  f"{sidecar.tensorrt_version}, {sidecar.gpu_name}, {sidecar.precision})")
-    return sidecar
+def print_engine(built: trt_backend.BuiltEngine, check: Verification, against: str) -> None:
+    sidecar = built.sidecar
+    verdict = "[green]PASSED[/green]" if check.passed else "[red]FAILED[/red]"
+    console.print(f"TensorRT {sidecar.tensorrt_version} engine on {sidecar.gpu_name} ({sidecar.precision}) vs "
+                  f"{against} at {check.input_shapes}: max_abs_err {check.max_abs_err:.3g}, "
+                  f"max_rel_err {check.max_rel_err:.3g} (atol {check.atol:g}, rtol {check.rtol:g}): {verdict}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,5 +77,17 @@ def run(args: argparse.Namespace) -> int:
     if not onnx_path.is_file():
         raise RFDeployError(f"{onnx_path}: no such ONNX file")
     trt_backend.require_tensorrt()
-    build(onnx_path, Path(args.out) if args.out else onnx_path.with_suffix(".engine"), args)
+    request = engine_request(args)
+    engine_path = Path(args.out) if args.out else onnx_path.with_suffix(".engine")
+    onnx_bytes = onnx_path.read_bytes()
+    with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
+        built = trt_backend.build(onnx_bytes, request, str(onnx_path))
+        reference = OrtRunner(onnx.load_from_string(onnx_bytes), threads=0)
+        check = trt_backend.verify_engine(built, reference, args.atol, args.rtol, args.seed)
+    print_engine(built, check, f"{onnx_path.name} in onnxruntime-CPU")
+    if not check.passed:
+        console.print(f"nothing written: the engine does not match {onnx_path} in onnxruntime")
+        return 1
+    for path in write_all(engine_path.parent, built.files(engine_path.name)):
+        console.print(f"wrote {path}")
     return 0

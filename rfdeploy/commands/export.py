@@ -12,6 +12,7 @@ from rfdeploy.backends.tensorrt_backend import require_tensorrt
 from rfdeploy.commands import build as build_command
 from rfdeploy.commands.common import add_model_arguments, console, status
 from rfdeploy.passes.choose_lowering import MODES
+from rfdeploy.verify import Verification
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +34,8 @@ def add_parser(subparsers) -> None:
                              "(torch, onnxruntime, onnxruntime-trt, tensorrt; e.g. onnxruntime or torch:cuda); "
                              "timings go in the report")
     parser.add_argument("--trt", action="store_true",
-                        help="also build DIR/model.engine with TensorRT (needs pip install 'rfdeploy[trt]' and a GPU)")
+                        help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
+                             "(needs pip install 'rfdeploy[trt]' and a GPU)")
     build_command.add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -46,20 +48,19 @@ def main_from(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    engine = None
     if args.trt:  # fail before the export, not after it
         require_tensorrt()
-        build_command.build_options(args)
+        engine = build_command.engine_request(args)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
-                            tune=args.tune)
+                            tune=args.tune, engine=engine)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
         print_summary(result)
         print_tuning(result.report.get("tuning"))
-    if args.trt and result.passed:
-        build_command.build(result.out_dir / "model.onnx", result.out_dir / "model.engine", args)
     return 0 if result.passed else 1
 
 
@@ -99,6 +100,9 @@ def print_summary(result: api.ExportResult) -> None:
         console.print(f"receptive field {field['receptive_field']} at input {field['input_size']}; border layer "
                       f"{field['border_layer']}; {field['unproductive_layers']} unproductive layer(s), "
                       f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs (rfdeploy analyze for details)")
+    if result.engine is not None:
+        check = Verification(**report["tensorrt"]["verification"])
+        build_command.print_engine(result.engine, check, "the searched PyTorch forward")
     if report["search_ops_left"]:
         console.print(f"[red]search ops left in the graph: {report['search_ops_left']}[/red]")
     for path in result.written:
