@@ -84,7 +84,7 @@ class Files:
 def run_entry(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """The real console entry in a fresh interpreter."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny model: one thread, on a small shared CPU
-    return subprocess.run([sys.executable, "-m", "rfdeploy.cli", *argv], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rfdeploy", *argv], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
 
 
