@@ -1,4 +1,5 @@
-"""Outputs appear whole or not at all: written under a temporary name, then moved into place."""
+"""Where files go. Outputs appear whole or not at all: written under a temporary name, then moved into
+place. Caches that outlive a run (TensorRT timing and engine caches) live under the user's cache folder."""
 
 from __future__ import annotations
 
@@ -24,3 +25,8 @@ def write_all(directory: Path, files: dict[str, bytes]) -> list[Path]:
             staged_path.unlink(missing_ok=True)
         raise
     return [directory / name for name in files]
+
+
+def cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/rfdeploy/NAME`` (default ``~/.cache/rfdeploy/NAME``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfdeploy" / name

@@ -305,3 +305,12 @@ def test_onnxruntime_on_cuda_without_onnxruntime_gpu_says_how_to_install_it():
 
     with pytest.raises(RFDeployError, match=r"pip install 'rfdeploy\[gpu\]'"):
         providers("cuda")
+
+
+def test_onnxruntime_tensorrt_provider_caches_engines_under_the_user_cache(tmp_path, monkeypatch):
+    from rfdeploy.backends.onnxruntime_backend import tensorrt_provider_options
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    options = tensorrt_provider_options()
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "rfdeploy" / "onnxruntime-trt")

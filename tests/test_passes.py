@@ -177,13 +177,20 @@ def test_fold_batchnorm_leaves_a_conv_whose_output_is_also_used_elsewhere():
     assert isinstance(model.bn, nn.BatchNorm2d)
 
 
-@pytest.mark.parametrize("bias", [B, None], ids=["conv-bias", "no-conv-bias"])
-def test_fold_batchnorm_into_a_multi_branch_lowering(bias):
-    searched = nn.Sequential(SearchedConv(W, bias, torch.tensor([0.3, 0.7]), [(3, 3), (1, 1)], [(3, 3), (1, 1)],
-                                          (1, 1), 1), nn.BatchNorm2d(4)).eval()
+def searched_then_batchnorm(rates: list[int], bias: torch.Tensor | None) -> nn.Sequential:
+    """A two-branch searched conv (weight ``W``, alphas 0.3 / 0.7) feeding an eval BatchNorm with statistics."""
+    geometry = [(r, r) for r in rates]
+    searched = nn.Sequential(SearchedConv(W, bias, torch.tensor([0.3, 0.7]), geometry, geometry, (1, 1), 1),
+                             nn.BatchNorm2d(4)).eval()
     with torch.no_grad():
         searched[1].running_var.uniform_(0.5, 2)
         searched[1].running_mean.uniform_(-1, 1)
+    return searched
+
+
+@pytest.mark.parametrize("bias", [B, None], ids=["conv-bias", "no-conv-bias"])
+def test_fold_batchnorm_into_a_multi_branch_lowering(bias):
+    searched = searched_then_batchnorm([3, 1], bias)
     result = compile_model(searched, mode="multi")
     assert result.folded_batchnorms == ["1"] and isinstance(result.model[0], BranchSum)
     # one bias in all, on the undilated branch: the dilated conv stays bias-free
@@ -193,19 +200,15 @@ def test_fold_batchnorm_into_a_multi_branch_lowering(bias):
 
 
 def test_a_sum_of_dilated_convs_carries_its_bias_itself():
-    module = to_module(merge_biases(fold_alphas(ir_of([2, 4], [0.4, 0.6]))))
+    ir = merge_biases(fold_alphas(ir_of([2, 4], [0.4, 0.6])))
+    module = to_module(ir)
     assert isinstance(module, BranchSum) and module.bias is not None
     assert all(conv.bias is None for conv in module.convs)
-    torch.testing.assert_close(run(merge_biases(fold_alphas(ir_of([2, 4], [0.4, 0.6])))),
-                               reference([2, 4], [0.4, 0.6]))
+    torch.testing.assert_close(run(ir), reference([2, 4], [0.4, 0.6]))
 
 
 def test_fold_batchnorm_into_a_sum_of_dilated_convs_gives_the_sum_a_bias():
-    searched = nn.Sequential(SearchedConv(W, None, torch.tensor([0.3, 0.7]), [(2, 2), (3, 3)], [(2, 2), (3, 3)],
-                                          (1, 1), 1), nn.BatchNorm2d(4)).eval()
-    with torch.no_grad():
-        searched[1].running_var.uniform_(0.5, 2)
-        searched[1].running_mean.uniform_(-1, 1)
+    searched = searched_then_batchnorm([2, 3], None)
     result = compile_model(searched, mode="multi")
     branch_sum = result.model[0]
     assert result.folded_batchnorms == ["1"] and isinstance(branch_sum, BranchSum)

@@ -7,8 +7,6 @@ turn on few cores, one session's spinning workers would steal the cores of the n
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from rfdeploy.artifacts import cache_dir
 from rfdeploy.errors import RFDeployError
 
 GPU_HINT = "pip install 'rfdeploy[gpu]' (onnxruntime-gpu, needs an NVIDIA GPU)"
@@ -44,7 +43,7 @@ def providers(device: str, tensorrt: bool = False) -> list[Provider]:
 
 
 def tensorrt_provider_options() -> dict[str, Any]:
-    cache = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfdeploy" / "onnxruntime-trt")
+    cache = str(cache_dir("onnxruntime-trt"))
     return {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
             "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}
 

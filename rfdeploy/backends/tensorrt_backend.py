@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import onnx
 import torch
 from google.protobuf.message import DecodeError
 
-from rfdeploy.artifacts import write_all
+from rfdeploy.artifacts import cache_dir, write_all
 from rfdeploy.errors import RFDeployError
 
 if TYPE_CHECKING:
@@ -224,7 +223,7 @@ class BuildOptions:
 
 def default_timing_cache(setup: Setup) -> Path:
     """Per TensorRT version and GPU, under the user's cache directory: it persists across builds."""
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfdeploy" / "tensorrt"
+    root = cache_dir("tensorrt")
     gpu = re.sub(r"[^A-Za-z0-9.]+", "-", setup.gpu_name).strip("-")
     return root / f"timing-trt{setup.tensorrt_version}-{gpu}.cache"
 
