@@ -132,7 +132,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     exported = ExportResult(report, onnx_model, result.model, Path(out))
     if engine is not None and verification["passed"]:
         step("building and verifying the TensorRT engine (minutes for a large model)")
-        exported.engine = trt_backend.build(onnx_model.SerializeToString(), engine, "model.onnx")
+        request = trt_backend.with_opt_shapes(engine, onnx_model, shapes)
+        exported.engine = trt_backend.build(onnx_model.SerializeToString(), request, "model.onnx")
         check = trt_backend.verify_engine(exported.engine, loaded.searched, atol, rtol, seed)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -59,8 +60,6 @@ def test_profile_shapes_parse_with_or_without_a_name():
 
 
 def test_profile_of_a_dynamic_batch_onnx_model(tmp_path):
-    import onnx
-
     inputs = trt_backend.onnx_inputs(onnx.load(tiny_onnx(tmp_path / "m.onnx", dynamic_batch=True)))
     assert inputs == {"input": ("batch", 3, 8, 8)}
     profile = resolve_profile(inputs, [parse_named_shape("1x3x8x8")], [parse_named_shape("input:4x3x8x8")],
@@ -69,6 +68,15 @@ def test_profile_of_a_dynamic_batch_onnx_model(tmp_path):
     # --opt-shape alone fixes the profile at that shape
     assert resolve_profile(inputs, [], [parse_named_shape("2x3x8x8")], []) == \
         [InputProfile("input", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))]
+
+
+def test_export_input_shapes_are_the_default_opt_shapes(tmp_path):
+    model = onnx.load(tiny_onnx(tmp_path / "m.onnx", dynamic_batch=True))
+    request = trt_backend.with_opt_shapes(trt_backend.EngineRequest(), model, [(2, 3, 8, 8)])
+    (profile,) = resolve_profile(trt_backend.onnx_inputs(model), request.mins, request.opts, request.maxs)
+    assert profile.min == profile.opt == profile.max == (2, 3, 8, 8)
+    given = trt_backend.EngineRequest(opts=[parse_named_shape("4x3x8x8")])
+    assert trt_backend.with_opt_shapes(given, model, [(2, 3, 8, 8)]) is given
 
 
 def test_static_inputs_need_no_profile_flags():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -271,6 +271,13 @@ class EngineRequest:
     mins: list[NamedShape] = field(default_factory=list)
     opts: list[NamedShape] = field(default_factory=list)
     maxs: list[NamedShape] = field(default_factory=list)
+
+
+def with_opt_shapes(request: EngineRequest, model: onnx.ModelProto, shapes: list[Shape]) -> EngineRequest:
+    """``request`` with ``shapes`` (the export's input shapes) as the opt shapes, unless it names its own."""
+    if request.opts:
+        return request
+    return replace(request, opts=[NamedShape(name, tuple(shape)) for name, shape in zip(onnx_inputs(model), shapes)])
 
 
 @dataclass
