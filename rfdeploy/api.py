@@ -98,7 +98,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         from rfdeploy.tune import tune_lowerings
 
         step(f"timing each layer's lowerings on {tune}")
-        tuning = tune_lowerings(loaded.searched, shapes, tune)
+        tuning = tune_lowerings(loaded.searched, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))
         choices = {**tuning.choices, **(choices or {})}
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)

@@ -2,8 +2,9 @@
 
 Every variant of a backend is timed in the same run, interleaved (one run of each in turn, the order
 rotating every round) after a warm-up, so that drift in the machine's speed hits all variants alike.
-A CPU run is timed by the wall clock; a CUDA run by CUDA events around the call. Accuracy is measured
-against PyTorch's searched forward on the same inputs.
+A CPU run is timed by the wall clock; a CUDA run by CUDA events around the call, with PyTorch in full
+fp32 (no TF32; see ``torch_settings``). Accuracy is measured against PyTorch's searched forward on the
+same inputs.
 """
 
 from __future__ import annotations
@@ -100,13 +101,23 @@ def device_name(device: str) -> str:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
+def torch_settings(threads: int) -> Iterator[None]:
+    """PyTorch as timed: ``threads`` intra-op threads; on CUDA, fp32 convs and matmuls in full fp32 and
+    cuDNN's fastest algorithm per conv shape (chosen on the first run, which warm-up absorbs).
+
+    PyTorch runs fp32 convs in TF32 by default on Ampere and later: 10 mantissa bits, errors near 1e-3,
+    and a speed no fp32 deployment has. rfdeploy's fp32 TensorRT engines clear TF32 for the same reason.
+    """
+    cudnn = torch.backends.cudnn
+    threads_before, matmul_before = torch.get_num_threads(), torch.get_float32_matmul_precision()
     torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision("highest")
     try:
-        yield
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=True, deterministic=cudnn.deterministic, allow_tf32=False):
+            yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads_before)
+        torch.set_float32_matmul_precision(matmul_before)
 
 
 # --- variants -----------------------------------------------------------------------------------------
@@ -232,7 +243,7 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
                          warmup, iters, versions())
     report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
                       "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
-    with torch_threads(threads):
+    with torch_settings(threads):
         for backend in backends:
             report.results += bench_backend(backend, chosen, inputs, expected, device, threads, warmup, iters, tick)
     return report

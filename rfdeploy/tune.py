@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rfdeploy.backends import BACKENDS, check_backends, make_runner
-from rfdeploy.bench import Tick, device_name, summarize, time_interleaved, torch_threads
+from rfdeploy.bench import Tick, device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.compiler import lower_layer, searched_layers
 from rfdeploy.errors import RFDeployError
 from rfdeploy.ir import from_searched, to_module
@@ -144,7 +144,7 @@ def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], bac
     tick = tick or (lambda text: None)
     shapes = layer_input_shapes(searched, input_shapes, seed)
     result = TuningResult(backend, device, device_name(device), threads, warmup, iters, sessions)
-    with torch_threads(threads):
+    with torch_settings(threads):
         for name, layer in searched_layers(searched):
             if name not in shapes:  # not on the forward path of this input
                 continue

@@ -26,7 +26,7 @@ from rfdeploy.bench import (
     randomize_alphas,
     summarize,
     time_interleaved,
-    torch_threads,
+    torch_settings,
 )
 from rfdeploy.compiler import searched_layers
 from rfdeploy.errors import RFDeployError
@@ -212,11 +212,23 @@ def test_random_alphas_change_the_searched_function(searched_tiny):
     assert np.abs(reference_outputs(model, inputs)[0] - before).max() > 1e-6
 
 
+def test_timing_settings_keep_fp32_exact_and_are_undone_afterwards():
+    cudnn = torch.backends.cudnn
+    before = (torch.get_num_threads(), cudnn.allow_tf32, cudnn.benchmark, torch.get_float32_matmul_precision())
+    assert cudnn.allow_tf32, "PyTorch's default is TF32 convs: the setting below must change it"
+    with torch_settings(1):
+        assert torch.get_num_threads() == 1
+        assert not cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert cudnn.benchmark and torch.get_float32_matmul_precision() == "highest"
+    assert (torch.get_num_threads(), cudnn.allow_tf32, cudnn.benchmark,
+            torch.get_float32_matmul_precision()) == before
+
+
 def test_runners_agree_with_pytorch(searched_tiny):
     loaded, *_ = searched_tiny
     inputs = random_inputs([SHAPE], 1)
     expected = reference_outputs(loaded.searched, inputs)[0]
-    with torch_threads(1):
+    with torch_settings(1):
         for backend in ("torch", "onnxruntime"):
             runner = make_runner(backend, loaded.searched, inputs)
             runner.load(inputs)

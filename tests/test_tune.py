@@ -101,6 +101,16 @@ def test_export_tune_records_the_timings_in_the_report(searched_tiny, tmp_path, 
     assert report["verification"]["passed"]
 
 
+def test_export_tune_reports_progress_per_layer(searched_tiny, tmp_path):
+    loaded, *_ = searched_tiny
+    steps: list[str] = []
+    result = api.export(loaded.searched, input_shapes=[SHAPE], out=tmp_path, write=False, tune="onnxruntime",
+                        progress=steps.append)
+    tuned = [step for step in steps if step.startswith("tuned ")]
+    assert len(tuned) == 2
+    assert [step.split()[1].rstrip(":") for step in tuned] == [row["name"] for row in result.report["tuning"]["layers"]]
+
+
 def test_export_tune_with_an_unknown_backend_fails_in_one_line(searched_tiny, tmp_path, capsys, monkeypatch):
     _, directory, checkpoint, structure = searched_tiny
     monkeypatch.chdir(directory)
