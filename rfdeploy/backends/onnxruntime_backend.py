@@ -27,14 +27,16 @@ def providers(device: str, tensorrt: bool = False) -> list[Provider]:
     """The execution providers for ``device``, best first; CUDA ones only where onnxruntime has them.
 
     With ``tensorrt``, onnxruntime's TensorRT provider comes first (CUDA then takes what TensorRT cannot),
-    with its engine and timing caches on disk: it builds engines at a session's first run.
+    with its engine and timing caches on disk: it builds engines at a session's first run. It has no
+    option to clear TensorRT's TF32 flag, so its fp32 errors can reach TF32's (about 1e-3); bench reports them.
     """
     if device == "cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise RFDeployError(f"onnxruntime {ort.__version__} has no CUDA execution provider: {GPU_HINT}")
-    wanted: list[Provider] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # onnxruntime's CUDA provider runs fp32 convs and GEMMs in TF32 unless told not to (PyTorch: bench.torch_settings)
+    wanted: list[Provider] = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     if tensorrt:
         if "TensorrtExecutionProvider" not in available:
             raise RFDeployError(f"onnxruntime {ort.__version__} has no TensorRT execution provider: {GPU_HINT}")
