@@ -10,19 +10,19 @@ import onnx
 import torch
 from torch import nn
 
-from rfdeploy import recognise
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
 from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends.onnx_export import SEARCH_OPS, export_onnx, op_counts
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
-from rfdeploy.checkpoint import load_checkpoint
-from rfdeploy.compiler import compile_model
+from rfdeploy.compiler.pipeline import compile_model
 from rfdeploy.errors import RFDeployError
-from rfdeploy.export import SEARCH_OPS, export_onnx, op_counts
-from rfdeploy.frontend import LoadInfo, build_searched, load_model
-from rfdeploy.structure import load_structure
-from rfdeploy.verify import random_inputs, verify
+from rfdeploy.loader import recognise
+from rfdeploy.loader.checkpoint import load_checkpoint
+from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
+from rfdeploy.loader.structure import load_structure
+from rfdeploy.measure.verify import random_inputs, verify
 
 
 @dataclass
@@ -95,7 +95,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     shapes = input_shapes_for(loaded, input_shapes)
     tuning = None
     if tune:
-        from rfdeploy.tune import tune_lowerings
+        from rfdeploy.measure.tune import tune_lowerings
 
         step(f"timing each layer's lowerings on {tune}")
         tuning = tune_lowerings(loaded.searched, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))

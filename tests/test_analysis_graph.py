@@ -159,7 +159,7 @@ def test_searched_rates_override_the_module_dilation():
 
 def test_searched_conv_modules_are_read_as_they_are():
     # rfdeploy's SearchedConv (what a checkpoint loads into) with rates 1 and 4: 4 * 2 + 1 = 9.
-    from rfdeploy.searched import SearchedConv
+    from rfdeploy.loader.searched_conv import SearchedConv
 
     searched = SearchedConv(torch.ones(2, 2, 3, 3), None, torch.ones(2), [(1, 1), (4, 4)], [(1, 1), (4, 4)],
                             (1, 1), 1)

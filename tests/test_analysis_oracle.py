@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from rfdeploy.analysis import analyze
-from rfdeploy.searched import SearchedConv
+from rfdeploy.loader.searched_conv import SearchedConv
 
 
 def measured_rf(model: nn.Module, size: tuple[int, ...], channels: int = 1) -> tuple[int, ...]:

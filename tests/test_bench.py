@@ -19,7 +19,9 @@ from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook
 
 from rfdeploy import api, cli
 from rfdeploy.backends import check_backends, make_runner, parse_backends
-from rfdeploy.bench import (
+from rfdeploy.compiler.pipeline import searched_layers
+from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.bench import (
     bench,
     device_name,
     plain_model,
@@ -28,9 +30,7 @@ from rfdeploy.bench import (
     time_interleaved,
     torch_settings,
 )
-from rfdeploy.compiler import searched_layers
-from rfdeploy.errors import RFDeployError
-from rfdeploy.verify import random_inputs, reference_outputs
+from rfdeploy.measure.verify import random_inputs, reference_outputs
 
 MODULE = "rfdeploy_bench_tiny_net"  # a module name no other test uses
 SHAPE = (1, 3, 16, 16)
@@ -181,9 +181,9 @@ def test_torch_compile_backend_runs_both_variants_through_inductor(searched_tiny
 
 def test_naive_onnx_export_of_the_searched_model_keeps_the_alpha_arithmetic(searched_tiny):
     loaded, *_ = searched_tiny
-    from rfdeploy.bench import variants
-    from rfdeploy.compiler import compile_model
-    from rfdeploy.export import op_counts
+    from rfdeploy.backends.onnx_export import op_counts
+    from rfdeploy.compiler.pipeline import compile_model
+    from rfdeploy.measure.bench import variants
 
     chosen = variants(loaded.searched, compile_model(loaded.searched).model)
     example = random_inputs([SHAPE], 0)
@@ -237,9 +237,9 @@ def test_runners_agree_with_pytorch(searched_tiny):
 
 
 def test_verification_against_another_runner_tells_equal_from_different(searched_tiny):
-    from rfdeploy.compiler import compile_model
-    from rfdeploy.export import export_onnx
-    from rfdeploy.verify import verify
+    from rfdeploy.backends.onnx_export import export_onnx
+    from rfdeploy.compiler.pipeline import compile_model
+    from rfdeploy.measure.verify import verify
 
     loaded, *_ = searched_tiny
     compiled = compile_model(loaded.searched).model

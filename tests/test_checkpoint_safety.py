@@ -13,8 +13,8 @@ import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 from safetensors.torch import save_file
 
-from rfdeploy.checkpoint import load_checkpoint
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.checkpoint import load_checkpoint
 
 
 def weights() -> dict[str, torch.Tensor]:

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from rfdeploy.compiler import lower_layer
-from rfdeploy.ir import BranchSum, ConvReLU, from_searched, to_module
-from rfdeploy.rates import mmcv_padding
-from rfdeploy.searched import SearchedConv
+from rfdeploy.compiler.ir import BranchSum, ConvReLU, from_searched, to_module
+from rfdeploy.compiler.pipeline import lower_layer
+from rfdeploy.loader.rates import mmcv_padding
+from rfdeploy.loader.searched_conv import SearchedConv
 
 
 @st.composite

@@ -11,7 +11,7 @@ from mmengine.logging import MessageHub
 from torch import nn
 
 from rfdeploy import api
-from rfdeploy.rates import mmcv_padding
+from rfdeploy.loader.rates import mmcv_padding
 
 
 class Backbone(nn.Module):

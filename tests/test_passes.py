@@ -4,17 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from rfdeploy.compiler import compile_model
-from rfdeploy.ir import Branch, BranchSum, ConvIR, NotApplicable, from_searched, to_module
-from rfdeploy.passes.choose_lowering import choose_lowering
-from rfdeploy.passes.drop_zero_branches import drop_zero_branches
-from rfdeploy.passes.fold_alphas import fold_alphas
-from rfdeploy.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.passes.lower_multi import lower_multi
-from rfdeploy.passes.lower_single import lower_single
-from rfdeploy.passes.merge_biases import merge_biases
-from rfdeploy.passes.merge_equal_rates import merge_equal_rates
-from rfdeploy.searched import SearchedConv
+from rfdeploy.compiler.ir import Branch, BranchSum, ConvIR, NotApplicable, from_searched, to_module
+from rfdeploy.compiler.passes.choose_lowering import choose_lowering
+from rfdeploy.compiler.passes.drop_zero_branches import drop_zero_branches
+from rfdeploy.compiler.passes.fold_alphas import fold_alphas
+from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.compiler.passes.lower_multi import lower_multi
+from rfdeploy.compiler.passes.lower_single import lower_single
+from rfdeploy.compiler.passes.merge_biases import merge_biases
+from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
+from rfdeploy.compiler.pipeline import compile_model
+from rfdeploy.loader.searched_conv import SearchedConv
 
 torch.manual_seed(0)
 W = torch.randn(4, 3, 3, 3)

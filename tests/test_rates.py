@@ -17,7 +17,7 @@ from mmcv.cnn.rfsearch import Conv2dRFSearchOp
 from original_rfsearch import expands_rate
 from torch import nn
 
-from rfdeploy import rates as R
+from rfdeploy.loader import rates as R
 
 EXP_RATES = [0.1, 0.25, 0.5, 0.75]
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from rfdeploy import api, models
 from rfdeploy.errors import RFDeployError
-from rfdeploy.recognise import zoo_model_of
+from rfdeploy.loader.recognise import zoo_model_of
 
 
 def detector_checkpoint(zoo_name: str) -> dict:

@@ -20,6 +20,7 @@ from torch import nn
 
 from rfdeploy import cli
 from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.backends.tensorrt_backend import (
     InputProfile,
     NamedShape,
@@ -28,7 +29,6 @@ from rfdeploy.backends.tensorrt_backend import (
     resolve_profile,
 )
 from rfdeploy.errors import RFDeployError
-from rfdeploy.export import export_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -290,7 +290,7 @@ def test_engine_builds_runs_and_is_refused_elsewhere(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_export_trt_verifies_the_engine_against_the_searched_forward(tmp_path, precision):
     from rfdeploy import api
-    from rfdeploy.searched import SearchedConv
+    from rfdeploy.loader.searched_conv import SearchedConv
 
     torch.manual_seed(0)
     searched = nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),

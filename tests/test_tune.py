@@ -10,11 +10,11 @@ import torch
 from test_bench import MODULE, SHAPE, searched_files, tiny_module
 
 from rfdeploy import api, cli
-from rfdeploy.compiler import compile_model, searched_layers
+from rfdeploy.compiler.pipeline import compile_model, searched_layers
 from rfdeploy.errors import RFDeployError
-from rfdeploy.searched import SearchedConv
-from rfdeploy.tune import candidates, layer_input_shapes, parse_target, tune_lowerings
-from rfdeploy.verify import random_inputs, reference_outputs
+from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.measure.tune import candidates, layer_input_shapes, parse_target, tune_lowerings
+from rfdeploy.measure.verify import random_inputs, reference_outputs
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import onnx
 import torch
 from torch import nn
 
+from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.errors import RFDeployError
-from rfdeploy.export import export_onnx
 
 DEVICES = ("cpu", "cuda")
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from rfdeploy.backends import Runner
-    from rfdeploy.verify import Verification
+    from rfdeploy.measure.verify import Verification
 
 INSTALL_HINT = "TensorRT is not installed: pip install 'rfdeploy[trt]' (it needs an NVIDIA GPU with CUDA)"
 SIDECAR_SUFFIX = ".json"
@@ -335,7 +335,7 @@ def engine_tolerance(precision: str, atol: float, rtol: float) -> tuple[float, f
 def verify_engine(built: BuiltEngine, reference: nn.Module | Runner, atol: float = 1e-4, rtol: float = 1e-4,
                   seed: int = 0) -> Verification:
     """The engine against ``reference`` at each input's ``opt`` shape (the one the engine is tuned for)."""
-    from rfdeploy.verify import verify
+    from rfdeploy.measure.verify import verify
 
     atol, rtol = engine_tolerance(built.sidecar.precision, atol, rtol)
     shapes = [profile.opt for profile in built.profiles]

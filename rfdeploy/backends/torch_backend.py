@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfdeploy.export import flat_outputs
+from rfdeploy.backends.onnx_export import flat_outputs
 
 
 class TorchRunner:

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None]:
     """``(name, plain model, searched model or None, searched rates or None, default input shape)``."""
-    from rfdeploy.frontend import load_model, structure_rates
+    from rfdeploy.loader.searched_model import load_model, structure_rates
 
     if args.ckpt is not None:
         from rfdeploy import api

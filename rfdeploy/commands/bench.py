@@ -17,10 +17,10 @@ from rich.table import Table
 
 from rfdeploy import api
 from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
-from rfdeploy.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
 from rfdeploy.commands.common import add_model_arguments, console, require
+from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
-from rfdeploy.passes.choose_lowering import MODES
+from rfdeploy.measure.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
 
 
 def add_parser(subparsers) -> None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar() as progress:
         choices = None
         if args.tune:
-            from rfdeploy.tune import tune_lowerings
+            from rfdeploy.measure.tune import tune_lowerings
 
             task = progress.add_task(f"timing each layer's lowerings on {args.tune}", total=None)
             tuning = tune_lowerings(loaded.searched, shapes, args.tune, threads=args.threads,

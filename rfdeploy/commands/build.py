@@ -20,7 +20,7 @@ from rfdeploy.backends import tensorrt_backend as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.commands.common import console
 from rfdeploy.errors import RFDeployError
-from rfdeploy.verify import Verification
+from rfdeploy.measure.verify import Verification
 
 
 def add_parser(subparsers) -> None:

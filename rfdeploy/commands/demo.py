@@ -18,7 +18,7 @@ from rfdeploy import models
 from rfdeploy.artifacts import write_all
 from rfdeploy.commands import export as export_command
 from rfdeploy.commands.common import console
-from rfdeploy.frontend import CONVS
+from rfdeploy.loader.searched_model import CONVS
 
 SEARCH_CONFIG = {"step": 0, "max_step": 12, "search_interval": 1, "exp_rate": 0.5, "init_alphas": 0.01,
                  "mmin": 1, "mmax": 24, "num_branches": 3, "skip_layer": ["stem"]}

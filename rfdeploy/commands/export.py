@@ -11,8 +11,8 @@ from rfdeploy import api
 from rfdeploy.backends.tensorrt_backend import require_tensorrt
 from rfdeploy.commands import build as build_command
 from rfdeploy.commands.common import add_model_arguments, console, status
-from rfdeploy.passes.choose_lowering import MODES
-from rfdeploy.verify import Verification
+from rfdeploy.compiler.passes.choose_lowering import MODES
+from rfdeploy.measure.verify import Verification
 
 
 def add_parser(subparsers) -> None:

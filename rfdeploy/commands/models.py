@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rfdeploy import models
-from rfdeploy.recognise import zoo_parameters
+from rfdeploy.loader.recognise import zoo_parameters
 
 
 def add_parser(subparsers) -> None:

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from rfdeploy.backends import Runner, check_backends, make_runner
-from rfdeploy.compiler import compile_model, replace_module, searched_layers
-from rfdeploy.export import export_onnx
-from rfdeploy.ir import from_searched, to_module
-from rfdeploy.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.verify import compare, random_inputs, reference_outputs
+from rfdeploy.backends.onnx_export import export_onnx
+from rfdeploy.compiler.ir import from_searched, to_module
+from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.compiler.pipeline import compile_model, replace_module, searched_layers
+from rfdeploy.measure.verify import compare, random_inputs, reference_outputs
 
 VARIANTS = ("searched", "compiled")
 Tick = Callable[[str], None]

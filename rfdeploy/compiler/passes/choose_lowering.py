@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
-from rfdeploy.ir import Branch, ConvIR, NotApplicable
-from rfdeploy.passes.lower_multi import lower_multi
-from rfdeploy.passes.lower_single import lower_single
+from rfdeploy.compiler.ir import Branch, ConvIR, NotApplicable
+from rfdeploy.compiler.passes.lower_multi import lower_multi
+from rfdeploy.compiler.passes.lower_single import lower_single
 
 MACS_PER_BYTE = 4.0
 FLOAT_BYTES = 4

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfdeploy.rates import Rate
+from rfdeploy.loader.rates import Rate
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
 

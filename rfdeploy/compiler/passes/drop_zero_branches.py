@@ -6,7 +6,7 @@ inputs. A layer whose every alpha is zero is left as it is.
 
 from __future__ import annotations
 
-from rfdeploy.ir import ConvIR
+from rfdeploy.compiler.ir import ConvIR
 
 
 def drop_zero_branches(ir: ConvIR) -> ConvIR:

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from rfdeploy.ir import ConvIR, NotApplicable, from_searched, to_module
-from rfdeploy.passes.choose_lowering import choose_lowering
-from rfdeploy.passes.drop_zero_branches import drop_zero_branches
-from rfdeploy.passes.fold_alphas import fold_alphas
-from rfdeploy.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.passes.merge_biases import merge_biases
-from rfdeploy.passes.merge_equal_rates import merge_equal_rates
-from rfdeploy.searched import SearchedConv
+from rfdeploy.compiler.ir import ConvIR, NotApplicable, from_searched, to_module
+from rfdeploy.compiler.passes.choose_lowering import choose_lowering
+from rfdeploy.compiler.passes.drop_zero_branches import drop_zero_branches
+from rfdeploy.compiler.passes.fold_alphas import fold_alphas
+from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.compiler.passes.merge_biases import merge_biases
+from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
+from rfdeploy.loader.searched_conv import SearchedConv
 
 PIPELINE = (merge_equal_rates, drop_zero_branches, fold_alphas, merge_biases)
 

@@ -7,9 +7,9 @@ import functools
 import torch
 
 from rfdeploy import models
-from rfdeploy.checkpoint import StateDict
 from rfdeploy.errors import RFDeployError
-from rfdeploy.frontend import ALPHA_KEYS, RFCONV_BUFFERS
+from rfdeploy.loader.checkpoint import StateDict
+from rfdeploy.loader.searched_model import ALPHA_KEYS, RFCONV_BUFFERS
 
 
 def plain_signature(state: StateDict) -> dict[str, tuple[int, ...]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rfdeploy.ir import Branch, ConvIR
+from rfdeploy.compiler.ir import Branch, ConvIR
 
 
 def _merged(group: list[Branch], branch_relu: bool) -> list[Branch]:

@@ -15,7 +15,7 @@ from math import prod
 
 import torch
 
-from rfdeploy.ir import ConvIR, NotApplicable
+from rfdeploy.compiler.ir import ConvIR, NotApplicable
 
 
 def merge_biases(ir: ConvIR) -> ConvIR:

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rfdeploy import rates as R
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader import rates as R
 
 Centre = tuple[int, ...]
 

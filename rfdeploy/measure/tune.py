@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from rfdeploy.backends import BACKENDS, check_backends, make_runner
-from rfdeploy.bench import Tick, device_name, summarize, time_interleaved, torch_settings
-from rfdeploy.compiler import lower_layer, searched_layers
+from rfdeploy.compiler.ir import from_searched, to_module
+from rfdeploy.compiler.pipeline import lower_layer, searched_layers
 from rfdeploy.errors import RFDeployError
-from rfdeploy.ir import from_searched, to_module
-from rfdeploy.searched import SearchedConv
-from rfdeploy.verify import random_inputs
+from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.measure.bench import Tick, device_name, summarize, time_interleaved, torch_settings
+from rfdeploy.measure.verify import random_inputs
 
 CANDIDATES = ("single", "multi")
 REFERENCE = "searched"

@@ -1,6 +1,6 @@
 """The IR of one searched conv: shared-weight branches, each with its own rate, padding and alpha.
 
-Passes are functions ``ConvIR -> ConvIR`` (``rfdeploy.passes``); ``to_module`` turns the final IR into
+Passes are functions ``ConvIR -> ConvIR`` (``rfdeploy.compiler.passes``); ``to_module`` turns the final IR into
 plain torch modules.
 """
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from rfdeploy.rates import Rate
-from rfdeploy.searched import SearchedConv
+from rfdeploy.loader.rates import Rate
+from rfdeploy.loader.searched_conv import SearchedConv
 
 
 class NotApplicable(Exception):

@@ -7,7 +7,7 @@ float64 and rounded once to the weight's dtype.
 
 from __future__ import annotations
 
-from rfdeploy.ir import Branch, ConvIR, NotApplicable, scaled
+from rfdeploy.compiler.ir import Branch, ConvIR, NotApplicable, scaled
 
 
 def fold_alphas(ir: ConvIR) -> ConvIR:

@@ -18,11 +18,11 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy import models
-from rfdeploy.checkpoint import StateDict
 from rfdeploy.errors import RFDeployError
-from rfdeploy.rates import centred_padding, mmcv_padding
-from rfdeploy.searched import SearchedConv
-from rfdeploy.structure import Geometry, Structure, load_structure
+from rfdeploy.loader.checkpoint import StateDict
+from rfdeploy.loader.rates import centred_padding, mmcv_padding
+from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.loader.structure import Geometry, Structure, load_structure
 
 CONVS = (nn.Conv1d, nn.Conv2d)
 ALPHA_KEYS = ("branch_weights", "weights", "sample_weights")  # mmcv, research / G2L, RFConv2d

@@ -17,8 +17,8 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from rfdeploy.ir import BranchSum, ConvReLU, is_dilated
-from rfdeploy.searched import SearchedConv
+from rfdeploy.compiler.ir import BranchSum, ConvReLU, is_dilated
+from rfdeploy.loader.searched_conv import SearchedConv
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)

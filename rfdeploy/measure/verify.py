@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from rfdeploy.backends import Runner
-from rfdeploy.export import flat_outputs
+from rfdeploy.backends.onnx_export import flat_outputs
 
 
 @dataclass

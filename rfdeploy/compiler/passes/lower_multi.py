@@ -6,7 +6,7 @@ gone); legal across a per-branch nonlinearity.
 
 from __future__ import annotations
 
-from rfdeploy.ir import ConvIR
+from rfdeploy.compiler.ir import ConvIR
 
 
 def lower_multi(ir: ConvIR) -> ConvIR:

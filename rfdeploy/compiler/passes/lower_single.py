@@ -16,7 +16,7 @@ from math import gcd
 
 import torch
 
-from rfdeploy.ir import Branch, ConvIR, NotApplicable
+from rfdeploy.compiler.ir import Branch, ConvIR, NotApplicable
 
 
 def _merged_geometry(ir: ConvIR) -> tuple[list[int], list[int], list[int]]:

@@ -1,0 +1,1 @@
+"""The searched model -> plain modules: the IR, the passes and the declared pipeline."""

@@ -1,0 +1,1 @@
+"""Proof and speed: verification against the searched forward, timing, bench, tune."""
