@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import compile_model
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader import recognise
-from rfdeploy.loader.checkpoint import load_checkpoint
+from rfdeploy.loader.checkpoint import StateDict, load_checkpoint, state_dict_of
+from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import load_structure
 from rfdeploy.measure.verify import random_inputs, verify
@@ -36,10 +38,14 @@ class Loaded:
     recognised: bool = False
 
 
-def load(model: str | nn.Module | None = None, ckpt: str | Path | None = None,
+def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None = None,
          structure: str | Path | None = None) -> Loaded:
-    """The searched model from a zoo name / ``module:callable`` / module, a checkpoint and a structure file."""
-    state = load_checkpoint(ckpt) if ckpt is not None else None
+    """The searched model from a zoo name / ``module:callable`` / module, a checkpoint and a structure file.
+
+    ``model`` may also hold its search ops already (mmcv's ``RFSearchHook.init_model``, ``RFConv2d``, G2L):
+    they are read in place and need no files. ``ckpt`` may be a state dict instead of a path.
+    """
+    state = _state_dict(ckpt)
     parsed = load_structure(structure) if structure is not None else None
     recognised = model is None
     if recognised:
@@ -53,8 +59,33 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | None = None,
         plain, default_shape, name = model.eval(), getattr(model, "default_input_shape", None), type(model).__name__
     else:
         raise RFDeployError(f"model must be a zoo name, 'package.module:callable' or an nn.Module, not {model!r}")
+    shapes = [tuple(default_shape)] if default_shape else None
+    if search_ops(plain):
+        return Loaded(*_adopt(plain, name, state is not None or parsed is not None), name, shapes, recognised)
     searched, info = build_searched(plain, parsed, state, str(ckpt))
-    return Loaded(searched, info, name, [tuple(default_shape)] if default_shape else None, recognised)
+    return Loaded(searched, info, name, shapes, recognised)
+
+
+def _state_dict(ckpt: str | Path | Mapping | None) -> StateDict | None:
+    if ckpt is None:
+        return None
+    if isinstance(ckpt, Mapping):
+        return state_dict_of(dict(ckpt), Path("<state dict>"))
+    if not isinstance(ckpt, (str, Path)):
+        raise RFDeployError(f"ckpt must be a path or a state dict, not {type(ckpt).__name__}")
+    return load_checkpoint(ckpt)
+
+
+def _adopt(model: nn.Module, name: str, files_given: bool) -> tuple[nn.Module, LoadInfo]:
+    """A model that holds its search ops already: those ops, read in place."""
+    if files_given:
+        first = next(iter(search_ops(model)))
+        raise RFDeployError(f"model '{name}' already holds search ops (e.g. '{first}') with their own rates and "
+                            f"alphas; give it without a checkpoint or structure file")
+    searched, formats = adopt_search_ops(model)
+    kinds = sorted(set(formats.values()))
+    info = LoadInfo(checkpoint_format="in-memory " + "+".join(kinds), searched=list(formats))
+    return searched, info
 
 
 def compile(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
