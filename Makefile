@@ -3,18 +3,33 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
+PIP := $(BIN)/python -m pip
 
-.PHONY: demo test lint typecheck clean
+# torch: the CPU build by default, from PyTorch's CPU wheel index where it answers within 5 s (no retries),
+# else the plain pin from the configured index. `make TORCH_BUILD=cuda ...` (after `make clean`) installs
+# the plain pin from the configured index, which on public PyPI is the CUDA build for Linux.
+TORCH_VERSION ?= 2.13.0
+TORCH_BUILD ?= cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: demo test lint typecheck clean torch-cpu torch-cuda
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP) install -q --upgrade pip
+	$(MAKE) --no-print-directory torch-$(TORCH_BUILD)
+	$(PIP) install -q -e '.[dev]'
 	# type stubs only: TensorRT itself cannot be installed here (its metapackage downloads from NVIDIA)
-	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(READY)
+
+torch-cpu:
+	$(PIP) install -q --timeout 5 --retries 0 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION) \
+	  || { echo "PyTorch's CPU index not reachable: torch==$(TORCH_VERSION) from the configured index"; \
+	       $(PIP) install -q torch==$(TORCH_VERSION); }
+
+torch-cuda:
+	$(PIP) install -q torch==$(TORCH_VERSION)
 
 demo: $(READY)
 	$(BIN)/rfdeploy demo

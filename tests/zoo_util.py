@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
-PUBLISHED = SHARED_DIR / "fixtures" / "published-structures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PUBLISHED = FIXTURES / "published-structures"  # a copy inside the project: a clone needs nothing beside it
 
 
 def published(name: str) -> dict:
