@@ -12,6 +12,12 @@ TORCH_VERSION ?= 2.13.0
 TORCH_BUILD ?= cpu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
+# mmdet 3.3 needs mmcv < 2.2: real detectors are tested with mmcv-lite 2.1.0 and mmdet (pure Python, with their
+# few extra dependencies) in an overlay that a second pytest run puts in front of the venv's mmcv-lite 2.2.
+MMDET := .mmdet
+MMDET_PACKAGES := mmdet==3.3.0 mmcv-lite==2.1.0 pycocotools==2.0.11 terminaltables==3.1.10 shapely==2.2.0 \
+                  scipy==1.17.1 six==1.17.0 tqdm==4.70.1
+
 .PHONY: demo test lint typecheck clean torch-cpu torch-cuda
 
 $(READY): pyproject.toml
@@ -31,11 +37,17 @@ torch-cpu:
 torch-cuda:
 	$(PIP) install -q torch==$(TORCH_VERSION)
 
+$(MMDET)/.ready: $(READY) Makefile
+	rm -rf $(MMDET)
+	$(PIP) install -q --no-deps --target $(MMDET) $(MMDET_PACKAGES)
+	touch $@
+
 demo: $(READY)
 	$(BIN)/rfdeploy demo
 
-test: $(READY)
+test: $(READY) $(MMDET)/.ready
 	$(BIN)/python -m pytest -q
+	PYTHONPATH=$(MMDET) $(BIN)/python -m pytest -q tests/test_mmdet_detectors.py
 	$(BIN)/python -m mypy
 
 typecheck: $(READY)
@@ -45,4 +57,4 @@ lint: $(READY)
 	$(BIN)/ruff check rfdeploy tests
 
 clean:
-	rm -rf $(VENV) rfdeploy-out rfdeploy-demo .pytest_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(MMDET) rfdeploy-out rfdeploy-demo .pytest_cache .mypy_cache .hypothesis

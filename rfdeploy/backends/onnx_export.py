@@ -46,11 +46,26 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RFDeployError(f"ONNX export failed: {first_line[:200]}") from None
     graph = gs.import_onnx(onnx.load_from_string(buffer.getvalue()))
+    bypass_identities(graph)
     graph.cleanup().toposort()
     exported = gs.export_onnx(graph)
     exported.opset_import[0].version = opset
     onnx.checker.check_model(exported)
     return exported
+
+
+def bypass_identities(graph: gs.Graph) -> None:
+    """Consumers of an ``Identity`` read its input instead (the exporter writes one per extra use of a
+    shared weight: a detector head's convs applied to every pyramid level); ``cleanup`` then drops it."""
+    for node in graph.nodes:
+        if node.op != "Identity" or node.outputs[0] in graph.outputs:
+            continue
+        source, copy = node.inputs[0], node.outputs[0]
+        for consumer in list(copy.outputs):
+            for index, tensor in enumerate(consumer.inputs):
+                if tensor is copy:
+                    consumer.inputs[index] = source
+        node.outputs.clear()
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -10,6 +10,7 @@ folded BatchNorms become ``nn.Identity``. A model fx cannot trace is left as it 
 
 from __future__ import annotations
 
+import inspect
 from math import prod
 
 import torch
@@ -69,9 +70,40 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv name, batchnorm name) for every BatchNorm fed only by a conv used nowhere else."""
-    graph = _LeafTracer().trace(model)
+def traced_graph(model: nn.Module) -> fx.Graph:
+    """The graph of ``model(*inputs)``: every forward argument that has a default is fixed to it, as when
+    rfdeploy runs the model, so that a detector's ``mode="tensor"`` branch is the one traced."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return _LeafTracer().trace(model, concrete_args=defaults or None)
+
+
+def conv_bn_pairs(model: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
+    """(conv name, batchnorm name) for every BatchNorm fed only by a conv used nowhere else.
+
+    Where fx cannot trace ``model``, each child is traced on its own (a detector whose top-level forward
+    fx cannot follow still has a backbone, neck and head that it can); fx's error is raised when no part
+    traces. A child is then judged by its own forward: the export's verification is what would catch a
+    parent that also calls a child's conv directly.
+    """
+    try:
+        graph = traced_graph(model)
+    except Exception:  # fx raises many types on untraceable control flow
+        pairs: list[tuple[str, str]] = []
+        traced = False
+        for name, child in model.named_children():
+            try:
+                pairs += conv_bn_pairs(child, f"{prefix}{name}.")
+                traced = True
+            except Exception:  # noqa: BLE001,S112  # that part stays unfolded
+                continue
+        if not traced:
+            raise
+        return pairs
+    return [(prefix + conv, prefix + bn) for conv, bn in _pairs(model, graph)]
+
+
+def _pairs(model: nn.Module, graph: fx.Graph) -> list[tuple[str, str]]:
     module_calls = [node for node in graph.nodes if node.op == "call_module"]
     calls: dict[str, int] = {}
     for node in module_calls:

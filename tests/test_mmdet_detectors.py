@@ -1,0 +1,136 @@
+"""Whole detectors built by real mmdet 3.3, searched by mmcv-lite's own RFSearchHook, exported by rfdeploy.
+
+mmdet 3.3 accepts mmcv < 2.2 only, so these tests run in ``make test``'s second pass, with mmcv-lite 2.1.0
+and mmdet in an overlay (``.mmdet/``) in front of the venv's mmcv-lite 2.2 (whose oracle tests stay where they
+are). mmcv-lite lacks mmcv's compiled extension; a detector's tensor-mode forward needs none of it, so a
+stand-in module (tests/mmcv_ext_stand_in.py) is enough to import mmdet. The reference is mmcv's own
+forward of the searched detector: backbone, neck and head.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+mmcv = pytest.importorskip("mmcv")
+if not mmcv.__version__.startswith("2.1."):
+    pytest.skip(f"needs mmcv-lite 2.1 with mmdet 3.3 (here mmcv {mmcv.__version__}): make test runs it with the "
+                ".mmdet overlay", allow_module_level=True)
+
+import mmcv_ext_stand_in  # noqa: E402
+
+mmcv_ext_stand_in.install()
+pytest.importorskip("mmdet")
+from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
+
+from rfdeploy import api, cli  # noqa: E402
+
+register_all_modules()
+SHAPE = (1, 3, 64, 96)
+SEARCH = {"step": 0, "max_step": 12, "search_interval": 1, "exp_rate": 0.5, "init_alphas": 0.01, "mmin": 1,
+          "mmax": 24, "num_branches": 3, "skip_layer": ["stem"]}
+BACKBONE = dict(type="ResNet", depth=18, base_channels=16, num_stages=4, out_indices=(0, 1, 2, 3),
+                norm_cfg=dict(type="BN"), norm_eval=True, style="pytorch")
+NECK = dict(type="FPN", in_channels=[16, 32, 64, 128], out_channels=32, start_level=1, num_outs=5)
+HEAD = dict(num_classes=3, in_channels=32, stacked_convs=2, feat_channels=32)
+ANCHORS = dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
+               strides=[8, 16, 32, 64, 128])
+CONFIGS = {
+    "retinanet": dict(type="RetinaNet", backbone=BACKBONE, neck=dict(NECK, add_extra_convs="on_input"),
+                      bbox_head=dict(type="RetinaHead", anchor_generator=ANCHORS, **HEAD)),
+    "fcos": dict(type="FCOS", backbone=BACKBONE,
+                 neck=dict(NECK, add_extra_convs="on_output", relu_before_extra_convs=True),
+                 bbox_head=dict(type="FCOSHead", strides=[8, 16, 32, 64, 128],
+                                norm_cfg=dict(type="GN", num_groups=8, requires_grad=True), **HEAD)),
+}
+
+
+def build(name: str) -> nn.Module:
+    """The plain detector, as mmdet builds it from its config; weights and BatchNorm statistics seeded."""
+    torch.manual_seed(0)
+    model = MODELS.build(copy.deepcopy(CONFIGS[name]))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def retinanet() -> nn.Module:
+    return build("retinanet")
+
+
+def fcos() -> nn.Module:
+    return build("fcos")
+
+
+def draw_alphas(model: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, Conv2dRFSearchOp):
+            module.branch_weights.data = torch.randn(3, generator=generator)  # negatives included
+
+
+def searched(name: str, hook: RFSearchHook) -> nn.Module:
+    model = build(name)
+    hook.init_model(model)
+    draw_alphas(model, seed=1)
+    return model.eval()
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        nested = model(x)  # mode="tensor": per head output, one tensor per pyramid level
+    return [t.numpy() for level in nested for t in level]
+
+
+def assert_onnx_equals(onnx_file, reference: nn.Module) -> None:
+    x = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(5))
+    expected = outputs(reference, x)
+    actual = ort.InferenceSession(str(onnx_file)).run(None, {"input": x.numpy()})
+    assert len(actual) == len(expected) >= 10  # 5 levels x (scores, boxes[, centerness])
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, atol=1e-4 * max(1.0, float(np.abs(e).max())), rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_an_in_memory_searched_detector_exports_whole_and_equal_to_mmcv(tmp_path, name):
+    model = searched(name, RFSearchHook("search", {"search": copy.deepcopy(SEARCH)}, verbose=False))
+    ops = [n for n, m in model.named_modules() if isinstance(m, Conv2dRFSearchOp)]
+    assert {n.split(".")[0] for n in ops} == {"backbone", "neck", "bbox_head"}
+
+    result = api.export(model, input_shapes=[SHAPE], out=tmp_path / "out")
+
+    assert result.passed, result.report["verification"]
+    assert [layer["name"] for layer in result.report["layers"]] == ops
+    assert not {"Abs", "ReduceSum", "Div", "BatchNormalization", "Identity"} & set(result.report["onnx_ops"])
+    assert_onnx_equals(tmp_path / "out" / "model.onnx", model)
+
+
+def test_cli_exports_a_searched_detector_from_its_checkpoint_and_structure(tmp_path, capsys):
+    hook = RFSearchHook("search", {"search": copy.deepcopy(SEARCH)}, verbose=False)
+    model = searched("retinanet", hook)
+    hook.step(model, str(tmp_path))  # estimate every op's dilation from its alphas, expand, write the structure
+    draw_alphas(model, seed=2)  # what the next stretch of training does to the new branches' alphas
+    structure = tmp_path / "local_search_config_step1.json"
+    moved = [n for n, d in json.loads(structure.read_text())["structure"].items() if tuple(d) != (1, 1)]
+    assert moved, "the drawn alphas should move some dilations away from 1"
+    ckpt = tmp_path / "epoch_1.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": model.state_dict()}, ckpt)
+
+    code = cli.main(["export", "--model", "test_mmdet_detectors:retinanet", "--ckpt", str(ckpt), "--structure",
+                     str(structure), "--input-shape", ",".join(map(str, SHAPE)), "--out", str(tmp_path / "out")])
+
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["load"]["skipped_entries"] == [] and len(report["layers"]) > len(moved) > 0
+    assert_onnx_equals(tmp_path / "out" / "model.onnx", model)
