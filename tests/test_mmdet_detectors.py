@@ -7,6 +7,7 @@ stand-in module (tests/mmcv_ext_stand_in.py) is enough to import mmdet. The refe
 forward of the searched detector: backbone, neck and head.
 """
 
+# ruff: noqa: C408  (configs written as mmdet writes them)
 from __future__ import annotations
 
 import copy
@@ -23,15 +24,15 @@ if not mmcv.__version__.startswith("2.1."):
     pytest.skip(f"needs mmcv-lite 2.1 with mmdet 3.3 (here mmcv {mmcv.__version__}): make test runs it with the "
                 ".mmdet overlay", allow_module_level=True)
 
-import mmcv_ext_stand_in  # noqa: E402
+import mmcv_ext_stand_in
 
 mmcv_ext_stand_in.install()
 pytest.importorskip("mmdet")
-from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook  # noqa: E402
-from mmdet.registry import MODELS  # noqa: E402
-from mmdet.utils import register_all_modules  # noqa: E402
+from mmcv.cnn.rfsearch import Conv2dRFSearchOp, RFSearchHook
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
 
-from rfdeploy import api, cli  # noqa: E402
+from rfdeploy import api, cli
 
 register_all_modules()
 SHAPE = (1, 3, 64, 96)
