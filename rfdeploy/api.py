@@ -13,18 +13,18 @@ from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
-from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import SEARCH_OPS, export_onnx, op_counts
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import compile_model
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader import recognise
 from rfdeploy.loader.checkpoint import StateDict, load_checkpoint, state_dict_of
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import load_structure
-from rfdeploy.measure.verify import random_inputs, verify
+from rfdeploy.measure.verify import Reference, random_inputs, verify
 
 
 @dataclass
@@ -138,7 +138,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     counts = op_counts(onnx_model)
     leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
     step("verifying in onnxruntime")
-    verification = _verification(loaded.searched, result.model, onnx_model, shapes, atol, rtol, seed)
+    reference = Reference(loaded.searched)  # each input's searched forward runs once, for every check
+    verification = _verification(reference, result.model, onnx_model, shapes, atol, rtol, seed)
     verification["passed"] = verification["passed"] and not leftover
     step("analysing receptive fields")
     receptive_field = (receptive_field_report(result.model, shapes[0]) if len(shapes) == 1
@@ -165,7 +166,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         step("building and verifying the TensorRT engine (minutes for a large model)")
         request = trt_backend.with_opt_shapes(engine, onnx_model, shapes)
         exported.engine = trt_backend.build(onnx_model.SerializeToString(), request, "model.onnx")
-        check = trt_backend.verify_engine(exported.engine, loaded.searched, atol, rtol, seed)
+        check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed
     if write:
@@ -173,11 +174,13 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     return exported
 
 
-def _verification(searched: nn.Module, compiled: nn.Module, onnx_model: onnx.ModelProto,
+def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.ModelProto,
                   shapes: list[tuple[int, ...]], atol: float, rtol: float, seed: int) -> dict:
     """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward."""
-    ort_check = verify(OrtRunner(onnx_model, threads=0), searched, shapes, "onnxruntime-cpu", atol, rtol, seed)
-    torch_check = verify(TorchRunner(compiled), searched, shapes, "torch-compiled", atol, rtol, seed)
+    with OrtRunner(onnx_model, threads=0) as onnx_runner:
+        ort_check = verify(onnx_runner, searched, shapes, atol, rtol, seed)
+    with TorchRunner(compiled, name="torch-compiled") as torch_runner:
+        torch_check = verify(torch_runner, searched, shapes, atol, rtol, seed)
     return ort_check.to_json() | {"torch": torch_check.to_json(), "passed": ort_check.passed and torch_check.passed}
 
 
@@ -190,10 +193,9 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None) -> lis
         with torch.no_grad():
             loaded.searched(*random_inputs(shapes, 0))
     except Exception as error:  # noqa: BLE001  # any failure of the user's model on this shape
-        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
         written = " ".join(",".join(map(str, shape)) for shape in shapes)
         raise RFDeployError(f"model '{loaded.model_name}' does not run on input shape {written}: "
-                            f"{first_line[:200]}") from None
+                            f"{first_line(error)}") from None
     return shapes
 
 

@@ -6,3 +6,10 @@ class RFDeployError(Exception):
 
     The message is a single line that names the file or layer at fault.
     """
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (at most ``limit`` characters), or its type's name
+    where the message is empty: what a one-line error quotes of a failure inside torch or a user's model."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -244,12 +244,35 @@ def test_verification_against_another_runner_tells_equal_from_different(searched
     loaded, *_ = searched_tiny
     compiled = compile_model(loaded.searched).model
     onnx_runner = make_runner("onnxruntime", compiled, random_inputs([SHAPE], 0))
-    assert verify(onnx_runner, make_runner("torch", loaded.searched, []), [SHAPE], "onnxruntime").passed
+    assert verify(onnx_runner, make_runner("torch", loaded.searched, []), [SHAPE]).passed
     with torch.no_grad():
         compiled.head.bias.add_(1e-2)
     changed = make_runner("onnxruntime", compiled, [], onnx_model=export_onnx(compiled, random_inputs([SHAPE], 0)))
-    check = verify(changed, make_runner("torch", loaded.searched, []), [SHAPE], "onnxruntime")
+    check = verify(changed, make_runner("torch", loaded.searched, []), [SHAPE])
     assert not check.passed and check.max_abs_err == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_runners_carry_their_name_and_close(searched_tiny):
+    loaded, *_ = searched_tiny
+    inputs = random_inputs([SHAPE], 0)
+    for backend, name in (("torch", "torch"), ("torch-compile", "torch-compile"), ("onnxruntime", "onnxruntime-cpu")):
+        with make_runner(backend, loaded.searched, inputs) as runner:
+            assert runner.name == name
+            if backend != "torch-compile":  # compiling takes seconds; closing is the same code as torch's
+                runner.load(inputs)
+                runner.run()
+        if backend != "torch-compile":
+            with pytest.raises(RuntimeError, match=f"the {name} runner is closed"):
+                runner.run()
+
+
+def test_verification_is_reported_under_the_runner_name(searched_tiny):
+    from rfdeploy.measure.verify import verify
+
+    loaded, *_ = searched_tiny
+    with make_runner("onnxruntime", loaded.searched, random_inputs([SHAPE], 0)) as runner:
+        check = verify(runner, loaded.searched, [SHAPE])
+    assert check.backend == "onnxruntime-cpu" and check.passed
 
 
 # --- the command --------------------------------------------------------------------------------------

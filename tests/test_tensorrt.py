@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from rfdeploy import cli
-from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import export_onnx
-from rfdeploy.backends.tensorrt_backend import (
+from rfdeploy.backends.tensorrt import (
     InputProfile,
     NamedShape,
     Setup,
@@ -180,7 +180,7 @@ without_tensorrt = pytest.mark.skipif(has_tensorrt(), reason="TensorRT is instal
 def test_the_backend_imports_without_tensorrt():
     code = textwrap.dedent("""
         import sys
-        import rfdeploy.backends.tensorrt_backend, rfdeploy.commands.build, rfdeploy.commands.export
+        import rfdeploy.backends.tensorrt, rfdeploy.commands.build, rfdeploy.commands.export
         assert "tensorrt" not in sys.modules, "tensorrt imported eagerly"
     """)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -245,7 +245,7 @@ def test_tensorrt_backend_type_checks_against_tensorrt_stubs(tmp_path):
     probe = tmp_path / "probe.py"  # proves the stubs are in effect: an unknown method must be an error
     probe.write_text("import tensorrt as trt\n\ntrt.Builder(trt.Logger()).no_such_method()\n")
     run = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental",
-                          "--cache-dir", str(tmp_path / "cache"), "rfdeploy/backends/tensorrt_backend.py", str(probe)],
+                          "--cache-dir", str(tmp_path / "cache"), "rfdeploy/backends/tensorrt", str(probe)],
                          cwd=REPO, env={"MYPYPATH": str(stubs), "PATH": ""}, capture_output=True, text=True,
                          check=False)
     ours = [line for line in run.stdout.splitlines() if not line.startswith(str(stubs)) and ": error:" in line]

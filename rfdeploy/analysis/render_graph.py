@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rfdeploy.analysis.render_plot import pyplot
+from rfdeploy.analysis.render_plot import patches, plt
 from rfdeploy.analysis.report import INPUT, JoinRF, LayerRF, RFReport
 
 FILL = {"productive": "#ffffff", "border": "#f8b74a", "unproductive": "#f1948a", "global": "#d6eaf8",
@@ -41,9 +42,6 @@ class Node:
 
 
 def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
-    plt = pyplot()
-    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Patch
-
     nodes = _nodes(report)
     _assign_ranks(nodes)
     _assign_columns(nodes)
@@ -67,7 +65,7 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
             y = -(node.rank - start) * ROW - ROW / 2
             position[(node.id, index)] = (x, y)
             ghost = index > 0 and node.rank <= panels[index - 1][1]
-            _draw_node(ax, node, x, y, ghost, FancyBboxPatch, Circle)
+            _draw_node(ax, node, x, y, ghost)
 
     for node in nodes:
         # a cut node is drawn twice: edges come into its first drawing and leave from its faded repeat
@@ -77,7 +75,7 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
             source = by_id[source_id]
             if (source_id, target_panel) in position:
                 _draw_edge(ax, source, node, position[(source_id, target_panel)],
-                           position[(node.id, target_panel)], nodes, FancyArrowPatch)
+                           position[(node.id, target_panel)], nodes)
             else:
                 far.append(source)
         if far:
@@ -85,7 +83,7 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
 
     ax.text(0.2, header - 0.25, title, fontsize=11, fontweight="bold", va="center")
     ax.text(0.2, header - 0.55, _summary(report), fontsize=9, va="center")
-    legend = [Patch(facecolor=FILL[k], edgecolor=EDGE[k], label=label) for k, label in (
+    legend = [patches.Patch(facecolor=FILL[k], edgecolor=EDGE[k], label=label) for k, label in (
         ("productive", "adds context"), ("border", "border: last to add context"),
         ("unproductive", "unproductive: its input already sees the whole input"), ("global", "global"))]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.2 / fig_w, (header - 0.75 + rows * ROW + 0.2) / fig_h),
@@ -242,15 +240,15 @@ def _cut_ranks(nodes: list[Node], max_span: int) -> set[int]:
 
 # -- drawing -----------------------------------------------------------------------------------------------
 
-def _draw_node(ax, node: Node, x: float, y: float, ghost: bool, FancyBboxPatch, Circle) -> None:
+def _draw_node(ax, node: Node, x: float, y: float, ghost: bool) -> None:
     alpha = 0.45 if ghost else 1.0
     if node.kind == "join":
-        ax.add_patch(Circle((x, y), JOIN_R, facecolor="#ffffff", edgecolor="#555555", linewidth=1, alpha=alpha,
+        ax.add_patch(patches.Circle((x, y), JOIN_R, facecolor="#ffffff", edgecolor="#555555", linewidth=1, alpha=alpha,
                             zorder=3))
         ax.text(x, y, node.title, ha="center", va="center", fontsize=8 if len(node.title) == 1 else 6,
                 alpha=alpha, zorder=4)
         return
-    ax.add_patch(FancyBboxPatch((x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H,
+    ax.add_patch(patches.FancyBboxPatch((x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H,
                                 boxstyle="round,pad=0,rounding_size=0.06", facecolor=FILL[node.status],
                                 edgecolor=EDGE[node.status], linewidth=1.1, alpha=alpha, zorder=3,
                                 linestyle="--" if ghost else "-"))
@@ -268,11 +266,11 @@ def _half_height(node: Node) -> float:
     return JOIN_R if node.kind == "join" else BOX_H / 2
 
 
-def _draw_edge(ax, source: Node, target: Node, start, end, nodes, FancyArrowPatch) -> None:
+def _draw_edge(ax, source: Node, target: Node, start, end, nodes) -> None:
     (x0, y0), (x1, y1) = start, end
     top = y1 + _half_height(target)
     bottom = y0 - _half_height(source)
-    style = {"arrowstyle": "-|>", "mutation_scale": 8, "color": "#666666", "linewidth": 0.9, "zorder": 2,
+    style: dict[str, Any] = {"arrowstyle": "-|>", "mutation_scale": 8, "color": "#666666", "linewidth": 0.9, "zorder": 2,
              "shrinkA": 0, "shrinkB": 0}
     span = target.rank - source.rank
     blocked = any(n.column == source.column and source.rank < n.rank < target.rank for n in nodes)
@@ -280,7 +278,7 @@ def _draw_edge(ax, source: Node, target: Node, start, end, nodes, FancyArrowPatc
         if source.column != target.column and span > 1:  # down its own column, then across
             ax.plot([x0, x0], [bottom, y1 + ROW * 0.6], color="#666666", linewidth=0.9, zorder=2)
             bottom = y1 + ROW * 0.6
-        ax.add_patch(FancyArrowPatch((x0, bottom), (x1, top), **style))
+        ax.add_patch(patches.FancyArrowPatch((x0, bottom), (x1, top), **style))
         return
     # around the column, on its right-hand side
     half_w = JOIN_R if source.kind == "join" else BOX_W / 2
@@ -288,7 +286,7 @@ def _draw_edge(ax, source: Node, target: Node, start, end, nodes, FancyArrowPatc
     exit_x = x0 + half_w
     entry_x = x1 + (JOIN_R if target.kind == "join" else BOX_W / 2)
     ax.plot([exit_x, side, side], [y0, y0, y1], color="#666666", linewidth=0.9, zorder=2)
-    ax.add_patch(FancyArrowPatch((side, y1), (entry_x, y1), **style))
+    ax.add_patch(patches.FancyArrowPatch((side, y1), (entry_x, y1), **style))
 
 
 def _draw_far_inputs(ax, target: Node, sources: list[Node], centre) -> None:

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rfdeploy.analysis.report import LayerRF, RFReport
 from rfdeploy.errors import RFDeployError
+from rfdeploy.optional import OptionalModule
+
+MATPLOTLIB_HINT = "pictures need matplotlib: pip install matplotlib"
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    from matplotlib import patches
+else:  # files only, no window: the Agg backend, chosen before pyplot loads
+    plt = OptionalModule("matplotlib.pyplot", MATPLOTLIB_HINT,
+                         setup=lambda: importlib.import_module("matplotlib").use("Agg"))
+    patches = OptionalModule("matplotlib.patches", MATPLOTLIB_HINT)
 
 PLAIN_COLOUR = "#8c8c8c"
 SEARCHED_COLOUR = "#1f77b4"
 BORDER_COLOUR = "#f39c12"
 UNPRODUCTIVE_COLOUR = "#e74c3c"
-
-
-def pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise RFDeployError("pictures need matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _spatial_layers(report: RFReport) -> list[LayerRF]:
@@ -31,7 +32,6 @@ def _spatial_layers(report: RFReport) -> list[LayerRF]:
 def plot_receptive_fields(path: str | Path, title: str, plain: RFReport, searched: RFReport | None = None) -> None:
     """Receptive field (largest spatial dim) of every layer in execution order; the judged report (the
     searched one when given) marks its unproductive layers and its border layer."""
-    plt = pyplot()
     judged = searched or plain
     layers = _spatial_layers(judged)
     if not layers:
@@ -50,7 +50,7 @@ def plot_receptive_fields(path: str | Path, title: str, plain: RFReport, searche
 
     plain_by_name = {layer.name: max(layer.rf) for layer in _spatial_layers(plain)}
     if searched is not None:
-        before = [plain_by_name.get(layer.name) for layer in layers]
+        before = [plain_by_name.get(layer.name, float("nan")) for layer in layers]  # nan: no point
         ax.plot(depth, before, color=PLAIN_COLOUR, linewidth=1.6, label="before search", drawstyle="steps-mid",
                 alpha=0.9)
         _end_label(ax, len(layers), plain.receptive_field, PLAIN_COLOUR)
@@ -62,7 +62,7 @@ def plot_receptive_fields(path: str | Path, title: str, plain: RFReport, searche
 
     bad = [(i, r) for i, (layer, r) in enumerate(zip(layers, after), 1) if not layer.productive]
     if bad:
-        ax.scatter(*zip(*bad), color=UNPRODUCTIVE_COLOUR, s=18, zorder=3, label="unproductive layer")
+        ax.scatter([i for i, _ in bad], [r for _, r in bad], color=UNPRODUCTIVE_COLOUR, s=18, zorder=3, label="unproductive layer")
     borders = [(i, r, layer) for i, (layer, r) in enumerate(zip(layers, after), 1) if layer.border]
     if borders:
         ax.scatter([b[0] for b in borders], [b[1] for b in borders], color=BORDER_COLOUR, s=70, zorder=4,

@@ -27,7 +27,7 @@ from rfdeploy.analysis.ops import (
     is_searched,
     op_name,
 )
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _export(model: nn.Module, channels: int, input_size: tuple[int, ...], fx_err
     try:
         size, notes, program = _run_at_workable_size(export, model, channels, input_size)
     except RFDeployError as export_error:
-        raise RFDeployError(f"cannot trace {type(model).__name__}: torch.fx: {_first_line(fx_error)}; "
+        raise RFDeployError(f"cannot trace {type(model).__name__}: torch.fx: {_described(fx_error)}; "
                             f"torch.export: {export_error}") from export_error
     modules = dict(model.named_modules())
     first_input = program.graph.find_nodes(op="placeholder")[0]
@@ -169,12 +169,11 @@ def _root_cause(error: BaseException) -> str:
     """The innermost error's first line (ShapeProp wraps the real one in its own)."""
     while error.__cause__ is not None:
         error = error.__cause__
-    return _first_line(error)
+    return _described(error)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {first_line(error, limit=1000)}"
 
 
 def shape_of(node: fx.Node) -> tuple[int, ...] | None:

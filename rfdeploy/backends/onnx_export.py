@@ -10,21 +10,14 @@ import onnx_graphsurgeon as gs
 import torch
 from torch import nn
 
-from rfdeploy.errors import RFDeployError
+from rfdeploy.backends.base import flat_outputs
+from rfdeploy.errors import RFDeployError, first_line
 
 SEARCH_OPS = ("Abs", "ReduceSum")  # the alpha normalisation |a| / sum |a| (Div also appears in attention)
 
 
 def io_names(count: int, stem: str) -> list[str]:
     return [stem] if count == 1 else [f"{stem}{i}" for i in range(count)]
-
-
-def flat_outputs(outputs) -> list[torch.Tensor]:
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    if isinstance(outputs, dict):
-        outputs = list(outputs.values())
-    return [t for item in outputs for t in flat_outputs(item)]
 
 
 def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
@@ -43,8 +36,7 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
     except Exception as error:  # noqa: BLE001  # torch raises many types for unexportable models
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RFDeployError(f"ONNX export failed: {first_line[:200]}") from None
+        raise RFDeployError(f"ONNX export failed: {first_line(error)}") from None
     graph = gs.import_onnx(onnx.load_from_string(buffer.getvalue()))
     bypass_identities(graph)
     graph.cleanup().toposort()

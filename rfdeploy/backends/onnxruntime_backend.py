@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 
 from rfdeploy.artifacts import cache_dir
+from rfdeploy.backends.base import Runner
 from rfdeploy.errors import RFDeployError
 
 GPU_HINT = "pip install 'rfdeploy[gpu]' (onnxruntime-gpu, needs an NVIDIA GPU)"
@@ -66,13 +67,15 @@ def session(model: onnx.ModelProto, device: str = "cpu", threads: int = 1,
                                 providers=providers(device, tensorrt))
 
 
-class OrtRunner:
+class OrtRunner(Runner):
     """Runs a session; on CUDA, inputs and outputs stay in device memory through an IO binding."""
 
     def __init__(self, model: onnx.ModelProto, device: str = "cpu", threads: int = 1, tensorrt: bool = False):
+        self.name = "onnxruntime-trt" if tensorrt else f"onnxruntime-{device}"
         self.device = device
-        self.session = session(model, device, threads, tensorrt)
+        self.session: ort.InferenceSession | None = session(model, device, threads, tensorrt)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self.feed: dict[str, np.ndarray] = {}
         self.outputs: list[np.ndarray] = []
         self.binding = self.session.io_binding() if device == "cuda" else None
@@ -88,10 +91,12 @@ class OrtRunner:
         for name, tensor in zip(self.input_names, self.device_inputs):
             self.binding.bind_input(name, "cuda", tensor.device.index or 0, np.float32, list(tensor.shape),
                                     tensor.data_ptr())
-        for output in self.session.get_outputs():
-            self.binding.bind_output(output.name, "cuda")
+        for name in self.output_names:
+            self.binding.bind_output(name, "cuda")
 
     def run(self) -> None:
+        if self.session is None:
+            raise RuntimeError(f"the {self.name} runner is closed")
         if self.binding is None:
             self.outputs = self.session.run(None, self.feed)
         else:
@@ -101,3 +106,23 @@ class OrtRunner:
         if self.binding is None:
             return list(self.outputs)
         return list(self.binding.copy_outputs_to_cpu())
+
+    def close(self) -> None:
+        self.session = self.binding = None
+        self.feed, self.outputs, self.device_inputs = {}, [], []
+
+
+def check(device: str) -> None:
+    providers(device)
+
+
+def check_with_tensorrt(device: str) -> None:
+    providers(device, tensorrt=True)
+
+
+def runner(model: onnx.ModelProto, device: str, threads: int) -> OrtRunner:
+    return OrtRunner(model, device, threads)
+
+
+def runner_with_tensorrt(model: onnx.ModelProto, device: str, threads: int) -> OrtRunner:
+    return OrtRunner(model, device, threads, tensorrt=True)

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from rfdeploy.backends.onnx_export import flat_outputs
+from rfdeploy.backends.base import Runner, flat_outputs
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """Runs a copy of the model on ``device``; with ``compiled``, through ``torch.compile`` (Inductor).
 
     A compiled runner compiles in ``load`` (its first call), so that compiling is never timed.
     """
 
-    def __init__(self, model: nn.Module, device: str = "cpu", compiled: bool = False):
+    def __init__(self, model: nn.Module, device: str = "cpu", compiled: bool = False, name: str | None = None):
+        self.name = name or ("torch-compile" if compiled else "torch")
         self.device = torch.device(device)
         # a copy: moving to the GPU must not move the caller's reference model
-        self.model = copy.deepcopy(model).eval().to(self.device)
-        self.forward = torch.compile(self.model, dynamic=False) if compiled else self.model
+        self.model: nn.Module | None = copy.deepcopy(model).eval().to(self.device)
+        self.forward: Callable | None = torch.compile(self.model, dynamic=False) if compiled else self.model
         self.compiled = compiled
         self.inputs: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []
@@ -32,8 +34,22 @@ class TorchRunner:
             self.run()
 
     def run(self) -> None:
+        if self.forward is None:
+            raise RuntimeError(f"the {self.name} runner is closed")
         with torch.inference_mode():
             self.outputs = flat_outputs(self.forward(*self.inputs))
 
     def fetch(self) -> list[np.ndarray]:
         return [t.detach().float().cpu().numpy() for t in self.outputs]
+
+    def close(self) -> None:
+        self.model = self.forward = None
+        self.inputs, self.outputs = [], []
+
+
+def eager(model: nn.Module, device: str, threads: int) -> TorchRunner:
+    return TorchRunner(model, device)
+
+
+def compiled(model: nn.Module, device: str, threads: int) -> TorchRunner:
+    return TorchRunner(model, device, compiled=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from rfdeploy.artifacts import write_all
-from rfdeploy.backends import tensorrt_backend as trt_backend
+from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.commands.common import console
 from rfdeploy.errors import RFDeployError
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     onnx_bytes = onnx_path.read_bytes()
     with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
         built = trt_backend.build(onnx_bytes, request, str(onnx_path))
-        reference = OrtRunner(onnx.load_from_string(onnx_bytes), threads=0)
-        check = trt_backend.verify_engine(built, reference, args.atol, args.rtol, args.seed)
+        with OrtRunner(onnx.load_from_string(onnx_bytes), threads=0) as reference:
+            check = trt_backend.verify_engine(built, reference, args.atol, args.rtol, args.seed)
     print_engine(built, check, f"{onnx_path.name} in onnxruntime-CPU")
     if not check.passed:
         console.print(f"nothing written: the engine does not match {onnx_path} in onnxruntime")

@@ -8,7 +8,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.backends.tensorrt_backend import require_tensorrt
+from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands import build as build_command
 from rfdeploy.commands.common import add_model_arguments, console, status
 from rfdeploy.compiler.passes.choose_lowering import MODES

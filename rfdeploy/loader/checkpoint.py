@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import _weights_only_unpickler
 
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 
 StateDict = dict[str, torch.Tensor]
 
@@ -87,6 +87,6 @@ def load_checkpoint(path: str | Path) -> StateDict:
         payload = _read(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
             AttributeError, ImportError, TypeError, IndexError, KeyError) as error:
-        detail = (str(error).strip() or type(error).__name__).splitlines()[0].split(". ")[0]
+        detail = first_line(error).split(". ")[0]
         raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
     return state_dict_of(payload, path)

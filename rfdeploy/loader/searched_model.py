@@ -23,6 +23,7 @@ from rfdeploy.loader.checkpoint import StateDict
 from rfdeploy.loader.rates import centred_padding, mmcv_padding
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.loader.structure import Geometry, Structure, load_structure
+from rfdeploy.modules import set_submodule
 
 CONVS = (nn.Conv1d, nn.Conv2d)
 ALPHA_KEYS = ("branch_weights", "weights", "sample_weights")  # mmcv, research / G2L, RFConv2d
@@ -160,8 +161,7 @@ def build_searched(model: nn.Module, structure: Structure | None, state: StateDi
         if replacement is not None:
             replacements[name] = replacement
     for name, replacement in replacements.items():
-        parent, _, child = name.rpartition(".")
-        setattr(searched.get_submodule(parent) if parent else searched, child, replacement)
+        set_submodule(searched, name, replacement)
     if local is not None:
         _load_remaining(searched, local, set(replacements), checkpoint_path, info)
     return searched, info

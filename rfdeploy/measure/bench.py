@@ -205,20 +205,22 @@ def planned_ticks(backends: list[str], variant_count: int, warmup: int, iters: i
 
 def bench_backend(backend: str, chosen: list[Variant], inputs: list[torch.Tensor], expected: list[np.ndarray],
                   device: str, threads: int, warmup: int, iters: int, tick: Tick) -> list[BenchResult]:
-    runners: dict[str, Runner] = {}
-    for variant in chosen:
-        tick(f"{backend}: preparing {variant.name}")
-        onnx_model = None if backend == "torch" else variant.onnx_for(inputs)
-        runners[variant.name] = make_runner(backend, variant.model, inputs, device, threads, onnx_model)
-        runners[variant.name].load(inputs)
-    errors = {}
-    for name, runner in runners.items():
-        tick(f"{backend}: checking {name}")
-        runner.run()
-        max_abs, max_rel, _ = compare(runner.fetch(), expected, 0.0, 0.0)
-        errors[name] = (max_abs, max_rel)
-    samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device,
-                               lambda text: tick(f"{backend}: {text}"))
+    with contextlib.ExitStack() as open_runners:
+        runners: dict[str, Runner] = {}
+        for variant in chosen:
+            tick(f"{backend}: preparing {variant.name}")
+            onnx_model = None if backend == "torch" else variant.onnx_for(inputs)
+            runners[variant.name] = open_runners.enter_context(
+                make_runner(backend, variant.model, inputs, device, threads, onnx_model))
+            runners[variant.name].load(inputs)
+        errors = {}
+        for name, runner in runners.items():
+            tick(f"{backend}: checking {name}")
+            runner.run()
+            comparison = compare(runner.fetch(), expected)
+            errors[name] = (comparison.max_abs, comparison.max_rel)
+        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device,
+                                   lambda text: tick(f"{backend}: {text}"))
     batch = int(inputs[0].shape[0])
     results = []
     for name, values in samples.items():

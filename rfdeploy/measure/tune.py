@@ -13,6 +13,7 @@ such median is kept.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -74,7 +75,7 @@ def parse_target(target: str) -> tuple[str, str]:
         raise RFDeployError(f"--tune: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     if backend in UNTUNABLE:
         raise RFDeployError(f"--tune {backend}: not supported: {UNTUNABLE[backend]}")
-    device = device or ("cuda" if BACKENDS[backend].cuda_only else "cpu")
+    device = device or BACKENDS[backend].devices[0]
     check_backends([backend], device)
     return backend, device
 
@@ -112,10 +113,12 @@ def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
 def session_medians(modules: dict[str, nn.Module], example: list[torch.Tensor], backend: str, device: str,
                     threads: int, warmup: int, iters: int) -> dict[str, float]:
     """Median milliseconds of each module, timed interleaved in fresh runners (sessions)."""
-    runners = {label: make_runner(backend, module, example, device, threads) for label, module in modules.items()}
-    for runner in runners.values():
-        runner.load(example)
-    samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
+    with contextlib.ExitStack() as open_runners:
+        runners = {label: open_runners.enter_context(make_runner(backend, module, example, device, threads))
+                   for label, module in modules.items()}
+        for runner in runners.values():
+            runner.load(example)
+        samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
     return {label: summarize(values).p50_ms for label, values in samples.items()}
 
 

@@ -14,8 +14,57 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfdeploy.backends import Runner
-from rfdeploy.backends.onnx_export import flat_outputs
+from rfdeploy.backends.base import Runner, flat_outputs, run_once
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """One output: its largest absolute difference, and its scale (largest magnitude of the expected)."""
+
+    max_abs: float
+    scale: float
+
+    @property
+    def max_rel(self) -> float:
+        return self.max_abs / self.scale if self.scale > 0 else self.max_abs
+
+    def within(self, atol: float, rtol: float) -> bool:
+        return bool(np.isfinite(self.max_abs)) and self.max_abs <= atol + rtol * self.scale
+
+
+MISMATCH = (OutputError(float("inf"), 0.0),)  # outputs of different count or shape: nothing compares
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Actual against expected outputs: the errors of each, judged by ``within(atol, rtol)``."""
+
+    outputs: tuple[OutputError, ...]
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    def within(self, atol: float, rtol: float) -> bool:
+        return all(o.within(atol, rtol) for o in self.outputs)
+
+    def __add__(self, other: Comparison) -> Comparison:
+        """Both comparisons' outputs: the worst of several trials is that of their sum."""
+        return Comparison(self.outputs + other.outputs)
+
+
+def compare(actual: list[np.ndarray], expected: list[np.ndarray]) -> Comparison:
+    if len(actual) != len(expected) or any(a.shape != e.shape for a, e in zip(actual, expected)):
+        return Comparison(MISMATCH)
+    errors = []
+    for a, e in zip(actual, expected):
+        diff = float(np.max(np.abs(a.astype(np.float64) - e))) if a.size else 0.0
+        errors.append(OutputError(diff, float(np.max(np.abs(e))) if e.size else 0.0))
+    return Comparison(tuple(errors))
 
 
 @dataclass
@@ -39,41 +88,36 @@ def random_inputs(shapes: list[tuple[int, ...]], seed: int) -> list[torch.Tensor
     return [torch.randn(*shape, generator=generator) for shape in shapes]
 
 
-def compare(actual: list[np.ndarray], expected: list[np.ndarray], atol: float, rtol: float) -> tuple[float, float, bool]:
-    if len(actual) != len(expected):
-        return float("inf"), float("inf"), False
-    max_abs, max_rel, passed = 0.0, 0.0, True
-    for a, e in zip(actual, expected):
-        if a.shape != e.shape:
-            return float("inf"), float("inf"), False
-        diff = float(np.max(np.abs(a.astype(np.float64) - e))) if a.size else 0.0
-        scale = float(np.max(np.abs(e))) if e.size else 0.0
-        max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / scale if scale > 0 else diff)
-        passed = passed and bool(np.isfinite(diff)) and diff <= atol + rtol * scale
-    return max_abs, max_rel, passed
-
-
 def reference_outputs(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
     with torch.no_grad():
         return [t.detach().double().numpy() for t in flat_outputs(model(*inputs))]
 
 
-def run_once(runner: Runner, inputs: list[torch.Tensor]) -> list[np.ndarray]:
-    runner.load(inputs)
-    runner.run()
-    return runner.fetch()
+class Reference:
+    """What verification compares against (the searched PyTorch model, or another runner), its outputs
+    computed once per input and kept: one export checks several backends against the same inputs, and a
+    detector-sized searched forward takes seconds."""
+
+    def __init__(self, source: nn.Module | Runner):
+        self.source = source
+        self.computed: dict[tuple, list[np.ndarray]] = {}
+
+    def outputs(self, shapes: list[tuple[int, ...]], seed: int) -> list[np.ndarray]:
+        key = (tuple(tuple(shape) for shape in shapes), seed)
+        if key not in self.computed:
+            inputs = random_inputs(shapes, seed)
+            self.computed[key] = (reference_outputs(self.source, inputs) if isinstance(self.source, nn.Module)
+                                  else [a.astype(np.float64) for a in run_once(self.source, inputs)])
+        return self.computed[key]
 
 
-def verify(runner: Runner, reference: nn.Module | Runner, shapes: list[tuple[int, ...]], backend: str,
+def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: list[tuple[int, ...]],
            atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, trials: int = 2) -> Verification:
-    """A backend's runner against ``reference`` (the searched PyTorch model, or another runner) on
-    ``trials`` seeded random inputs."""
-    worst_abs, worst_rel, passed = 0.0, 0.0, True
-    for trial in range(trials):
-        inputs = random_inputs(shapes, seed + trial)
-        expected = (reference_outputs(reference, inputs) if isinstance(reference, nn.Module)
-                    else [a.astype(np.float64) for a in run_once(reference, inputs)])
-        max_abs, max_rel, ok = compare(run_once(runner, inputs), expected, atol, rtol)
-        worst_abs, worst_rel, passed = max(worst_abs, max_abs), max(worst_rel, max_rel), passed and ok
-    return Verification(backend, worst_abs, worst_rel, passed, atol, rtol, seed, trials, [list(s) for s in shapes])
+    """``runner`` against ``reference`` on ``trials`` seeded random inputs, reported under the runner's name."""
+    if not isinstance(reference, Reference):
+        reference = Reference(reference)
+    comparisons = [compare(run_once(runner, random_inputs(shapes, seed + trial)),
+                           reference.outputs(shapes, seed + trial)) for trial in range(trials)]
+    worst = sum(comparisons[1:], comparisons[0])
+    return Verification(runner.name, worst.max_abs, worst.max_rel, worst.within(atol, rtol), atol, rtol, seed,
+                        trials, [list(s) for s in shapes])

@@ -19,7 +19,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy.compiler.ir import BranchSum, ConvReLU, is_dilated
+from rfdeploy.errors import first_line
 from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.modules import set_submodule
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)
@@ -63,11 +65,6 @@ def _fold(module: nn.Module, convs: list[_ConvNd], bn: _BatchNorm) -> None:
             bias.copy_(bias.double() * scale + (shift if owner is home else 0.0))
     if home.bias is None:  # branches without a bias keep none: the shift goes to one place only
         home.bias = nn.Parameter(shift.to(convs[0].weight.dtype))
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 def traced_graph(model: nn.Module) -> fx.Graph:
@@ -128,7 +125,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str], str | None]:
     try:
         pairs = conv_bn_pairs(model)
     except Exception as error:  # noqa: BLE001  # fx raises many types on untraceable control flow
-        return model, [], f"not traceable by torch.fx ({type(error).__name__}: {str(error).splitlines()[0]})"
+        return model, [], f"not traceable by torch.fx ({type(error).__name__}: {first_line(error, limit=1000)})"
     folded = []
     for conv_name, bn_name in pairs:
         bn = model.get_submodule(bn_name)
@@ -136,6 +133,6 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str], str | None]:
         if not isinstance(bn, _BatchNorm) or bn.running_var is None or not convs:
             continue  # track_running_stats=False normalises with batch statistics: nothing to fold
         _fold(model.get_submodule(conv_name), convs, bn)
-        _set_submodule(model, bn_name, nn.Identity())
+        set_submodule(model, bn_name, nn.Identity())
         folded.append(bn_name)
     return model, folded, None

@@ -1,0 +1,111 @@
+"""The backends rfdeploy runs models on: one entry each.
+
+An entry says where the backend runs, whether it runs the exported ONNX model or the torch module,
+and where its runner factory and its install check live (``"module:function"``, imported only when
+the backend is used, so that a missing optional package costs nothing until it is asked for).
+
+A factory is ``(model, device, threads) -> Runner``, the model being an ``onnx.ModelProto`` where the
+backend runs ONNX, else the ``nn.Module``. A check is ``(device) -> None`` and raises ``RFDeployError``
+saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from rfdeploy.backends.base import DEVICES, Runner
+from rfdeploy.backends.onnx_export import export_onnx
+from rfdeploy.errors import RFDeployError
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str
+    devices: tuple[str, ...]
+    runs_onnx: bool  # runs the exported ONNX model, not the torch module
+    factory: str  # "module:function" making a runner
+    check: str | None = None  # "module:function" raising the install hint where the backend is missing
+
+    @property
+    def cuda_only(self) -> bool:
+        return self.devices == ("cuda",)
+
+    def require(self, device: str) -> None:
+        """Fail before any work where this backend cannot run on ``device`` or is not installed."""
+        if device not in self.devices:
+            raise RFDeployError(f"the {self.name} backend runs on a GPU: give --device cuda" if self.cuda_only
+                                else f"the {self.name} backend runs on {', '.join(self.devices)}, not {device}")
+        if self.check is not None:
+            _resolve(self.check)(device)
+
+    def runner(self, model: nn.Module | onnx.ModelProto, device: str = "cpu", threads: int = 1) -> Runner:
+        return _resolve(self.factory)(model, device, threads)
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+_HERE = "rfdeploy.backends"
+BACKENDS = {backend.name: backend for backend in (
+    Backend("torch", "PyTorch eager", DEVICES, False, f"{_HERE}.torch_backend:eager"),
+    Backend("torch-compile", "PyTorch through torch.compile (Inductor)", DEVICES, False,
+            f"{_HERE}.torch_backend:compiled"),
+    Backend("onnxruntime", "onnxruntime: CPU provider, or CUDA provider with --device cuda", DEVICES, True,
+            f"{_HERE}.onnxruntime_backend:runner", f"{_HERE}.onnxruntime_backend:check"),
+    Backend("onnxruntime-trt", "onnxruntime's TensorRT execution provider (onnxruntime-gpu)", ("cuda",), True,
+            f"{_HERE}.onnxruntime_backend:runner_with_tensorrt", f"{_HERE}.onnxruntime_backend:check_with_tensorrt"),
+    Backend("tensorrt", "a TensorRT engine built with the TensorRT Python API", ("cuda",), True,
+            f"{_HERE}.tensorrt.runner:engine_runner", f"{_HERE}.tensorrt.runner:check"),
+)}
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise RFDeployError(f"unknown backend '{name}' (known: {', '.join(BACKENDS)})")
+    return BACKENDS[name]
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def require_device(device: str) -> None:
+    if device not in DEVICES:
+        raise RFDeployError(f"unknown device '{device}' (known: {', '.join(DEVICES)})")
+    if device == "cuda" and not cuda_available():
+        raise RFDeployError("--device cuda: PyTorch sees no CUDA GPU on this machine")
+
+
+def check_backends(backends: list[str], device: str) -> None:
+    """Fail before any work where a backend cannot run on ``device`` or is not installed."""
+    require_device(device)
+    for name in backends:
+        backend(name).require(device)
+
+
+def parse_backends(text: str) -> list[str]:
+    """``"torch,onnxruntime"`` -> ``["torch", "onnxruntime"]``, each checked."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise RFDeployError(f"unknown backend '{(unknown or [text])[0]}' (known: {', '.join(BACKENDS)})")
+    return list(dict.fromkeys(names))
+
+
+def make_runner(name: str, model: nn.Module, example: list[torch.Tensor], device: str = "cpu",
+                threads: int = 1, onnx_model: onnx.ModelProto | None = None) -> Runner:
+    """A runner of ``model`` on backend ``name``; ONNX backends run ``onnx_model``, else ``model`` exported."""
+    chosen = backend(name)
+    if not chosen.runs_onnx:
+        return chosen.runner(model, device, threads)
+    return chosen.runner(onnx_model if onnx_model is not None else export_onnx(model, example), device, threads)

@@ -1,0 +1,125 @@
+"""ONNX -> a serialized engine with one optimization profile and a persistent timing cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from rfdeploy.artifacts import cache_dir, write_all
+from rfdeploy.backends.tensorrt.lib import require_cuda, require_tensorrt, trt
+from rfdeploy.backends.tensorrt.profile import InputProfile, NamedShape, Shape, onnx_inputs, resolve_profile
+from rfdeploy.backends.tensorrt.sidecar import Setup, Sidecar, current_setup, make_sidecar, sidecar_path
+from rfdeploy.errors import RFDeployError
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"
+    workspace_mb: int = 4096
+    timing_cache: Path | None = None
+
+
+def default_timing_cache(setup: Setup) -> Path:
+    """Per TensorRT version and GPU, under the user's cache directory: it persists across builds."""
+    root = cache_dir("tensorrt")
+    gpu = re.sub(r"[^A-Za-z0-9.]+", "-", setup.gpu_name).strip("-")
+    return root / f"timing-trt{setup.tensorrt_version}-{gpu}.cache"
+
+
+def build_serialized(onnx_bytes: bytes, profiles: list[InputProfile], options: BuildOptions,
+                     source: str = "<onnx>") -> bytes:
+    """A serialized engine; the timing cache is read before and written back after the build."""
+    require_tensorrt()
+    require_cuda()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        reasons = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise RFDeployError(f"{source}: TensorRT's ONNX parser failed: {reasons or 'no reason given'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    if options.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    else:  # TensorRT allows TF32 (10 mantissa bits) by default on Ampere and later: fp32 means fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    for entry in profiles:
+        profile.set_shape(entry.name, trt.Dims(list(entry.min)), trt.Dims(list(entry.opt)), trt.Dims(list(entry.max)))
+    config.add_optimization_profile(profile)
+    cache_path = options.timing_cache
+    cached = cache_path.read_bytes() if cache_path is not None and cache_path.exists() else b""
+    config.set_timing_cache(config.create_timing_cache(cached), False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RFDeployError(f"{source}: TensorRT could not build an engine (see its messages above)")
+    if cache_path is not None:
+        write_all(cache_path.parent, {cache_path.name: bytes(config.get_timing_cache().serialize())})
+    return bytes(serialized)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """An engine to build: its options and the optimization profile's shapes (``--min/opt/max-shape``)."""
+
+    options: BuildOptions = BuildOptions()
+    mins: list[NamedShape] = field(default_factory=list)
+    opts: list[NamedShape] = field(default_factory=list)
+    maxs: list[NamedShape] = field(default_factory=list)
+
+
+def with_opt_shapes(request: EngineRequest, model: onnx.ModelProto, shapes: list[Shape]) -> EngineRequest:
+    """``request`` with ``shapes`` (the export's input shapes) as the opt shapes, unless it names its own."""
+    if request.opts:
+        return request
+    return replace(request, opts=[NamedShape(name, tuple(shape)) for name, shape in zip(onnx_inputs(model), shapes)])
+
+
+@dataclass
+class BuiltEngine:
+    engine: bytes
+    sidecar: Sidecar
+    profiles: list[InputProfile]
+
+    def files(self, engine_name: str) -> dict[str, bytes]:
+        """The engine and its sidecar, by file name, for ``write_all``."""
+        sidecar = json.dumps(self.sidecar.to_json(), indent=2).encode()
+        return {engine_name: self.engine, sidecar_path(engine_name).name: sidecar}
+
+
+def build(onnx_bytes: bytes, request: EngineRequest, source: str = "<onnx>") -> BuiltEngine:
+    """A serialized engine and its sidecar, in memory."""
+    if request.options.precision not in PRECISIONS:
+        raise RFDeployError(f"unknown precision '{request.options.precision}' (known: {', '.join(PRECISIONS)})")
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+    except DecodeError as error:
+        raise RFDeployError(f"{source}: not a readable ONNX model ({type(error).__name__})") from None
+    profiles = resolve_profile(onnx_inputs(model), request.mins, request.opts, request.maxs)
+    setup = current_setup()
+    options = request.options
+    if options.timing_cache is None:
+        options = BuildOptions(options.precision, options.workspace_mb, default_timing_cache(setup))
+    engine = build_serialized(onnx_bytes, profiles, options, source)
+    return BuiltEngine(engine, make_sidecar(setup, options.precision, options.workspace_mb, profiles, onnx_bytes),
+                       profiles)
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, request: EngineRequest) -> BuiltEngine:
+    """``onnx_path`` -> ``engine_path`` and its sidecar, both written whole or not at all."""
+    try:
+        onnx_bytes = Path(onnx_path).read_bytes()
+    except OSError as error:
+        raise RFDeployError(f"{onnx_path}: not a readable ONNX model ({type(error).__name__})") from None
+    built = build(onnx_bytes, request, str(onnx_path))
+    engine_path = Path(engine_path)
+    write_all(engine_path.parent, built.files(engine_path.name))
+    return built

@@ -1,0 +1,74 @@
+"""Verification: comparisons as values, and a reference computed once per input."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from rfdeploy.backends.torch_backend import TorchRunner
+from rfdeploy.measure.verify import Comparison, OutputError, Reference, compare, verify
+
+
+def test_comparison_holds_each_output_to_its_own_scale():
+    expected = [np.array([100.0, -50.0]), np.array([0.1, 0.0])]
+    actual = [np.array([100.5, -50.0]), np.array([0.1, 0.002])]
+    result = compare(actual, expected)
+    assert result.outputs == (OutputError(0.5, 100.0), OutputError(0.002, 0.1))
+    assert result.max_abs == 0.5 and result.max_rel == 0.02
+    assert result.within(0.0, 0.02)  # 0.5 <= 0.02 * 100 and 0.002 <= 0.02 * 0.1
+    assert not result.within(0.0, 0.01)  # the small output fails: 0.002 > 0.01 * 0.1
+    assert not result.within(0.4, 0.0)
+
+
+def test_outputs_that_do_not_line_up_never_pass():
+    for actual in ([np.zeros(2)], [np.zeros(3), np.zeros(1)], [np.zeros((2, 1)), np.zeros(1)]):
+        result = compare(actual, [np.zeros(2), np.zeros(1)])
+        assert result.max_abs == float("inf") and not result.within(1e9, 1e9)
+    assert not compare([np.array([np.nan])], [np.array([1.0])]).within(1e9, 1e9)
+
+
+def test_comparisons_add_up_to_the_worst_of_both():
+    worst = compare([np.array([1.0])], [np.array([1.5])]) + compare([np.array([3.0])], [np.array([2.0])])
+    assert isinstance(worst, Comparison) and worst.max_abs == 1.0 and worst.max_rel == 0.5
+
+
+class CountingConv(nn.Conv2d):
+    calls = 0
+
+    def forward(self, x):
+        CountingConv.calls += 1
+        return super().forward(x)
+
+
+def test_the_reference_runs_once_per_input_for_every_runner_checked_against_it():
+    torch.manual_seed(0)
+    model = CountingConv(2, 3, 3).eval()
+    reference = Reference(model)
+    CountingConv.calls = 0
+    for _ in range(3):
+        with TorchRunner(nn.Conv2d(2, 3, 3).eval()) as other:  # different weights: checked, and failing
+            assert not verify(other, reference, [(1, 2, 8, 8)], trials=2).passed
+    assert CountingConv.calls == 2
+    with TorchRunner(model) as same:
+        check = verify(same, reference, [(1, 2, 8, 8)], trials=2)
+    assert check.passed and check.max_abs_err < 1e-6 and check.backend == "torch"
+    assert CountingConv.calls == 2 + 2  # only the runner's own copy ran
+
+
+def test_export_runs_the_searched_forward_once_per_verification_input(tmp_path, monkeypatch):
+    from rfdeploy import api
+    from rfdeploy.loader.searched_conv import SearchedConv
+    from rfdeploy.measure import verify as verify_module
+
+    searched_inputs = []
+    real = verify_module.reference_outputs
+    monkeypatch.setattr(verify_module, "reference_outputs",
+                        lambda model, inputs: searched_inputs.append(inputs) or real(model, inputs))
+    torch.manual_seed(0)
+    searched = nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
+                                          [(1, 1), (2, 2)], [(1, 1), (2, 2)], (1, 1), 1)).eval()
+    result = api.export(searched, input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False)
+    checks = result.report["verification"]
+    assert result.passed and checks["backend"] == "onnxruntime-cpu" and checks["torch"]["backend"] == "torch-compiled"
+    assert len(searched_inputs) == checks["trials"] == 2  # shared by the onnxruntime and the torch check
