@@ -15,6 +15,7 @@ from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
 from rfdeploy.compiler.passes.merge_biases import merge_biases
 from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
 from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.modules import set_submodule
 
 PIPELINE = (merge_equal_rates, drop_zero_branches, fold_alphas, merge_biases)
 
@@ -52,11 +53,6 @@ def searched_layers(model: nn.Module) -> list[tuple[str, SearchedConv]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SearchedConv)]
 
 
-def replace_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-
-
 def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
                   choices: dict[str, str] | None = None) -> CompileResult:
     """A copy of ``searched`` with every ``SearchedConv`` lowered to plain convs (BatchNorms folded)."""
@@ -65,7 +61,7 @@ def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
     for name, layer in searched_layers(model):
         ir = from_searched(name, layer)
         lowered = lower_layer(ir, mode, choices)
-        replace_module(model, name, to_module(lowered))
+        set_submodule(model, name, to_module(lowered))
         reports.append(LayerReport(
             name=name,
             kernel_size=list(layer.kernel_size),

@@ -24,6 +24,7 @@ from torch.nn.modules.conv import _ConvNd
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.rates import centred_padding, mmcv_padding, research_padding
 from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.modules import set_submodule
 
 
 def search_op_format(module: nn.Module) -> str | None:
@@ -106,6 +107,5 @@ def adopt_search_ops(model: nn.Module) -> tuple[nn.Module, dict[str, str]]:
     searched = copy.deepcopy(model).eval()
     for name in found:
         replacement = searched_conv_of(name, searched.get_submodule(name))
-        parent, _, child = name.rpartition(".")
-        setattr(searched.get_submodule(parent) if parent else searched, child, replacement)
+        set_submodule(searched, name, replacement)
     return searched, found

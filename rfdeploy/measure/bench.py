@@ -26,8 +26,9 @@ from rfdeploy.backends import Runner, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.ir import from_searched, to_module
 from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.compiler.pipeline import compile_model, replace_module, searched_layers
+from rfdeploy.compiler.pipeline import compile_model, searched_layers
 from rfdeploy.measure.verify import compare, random_inputs, reference_outputs
+from rfdeploy.modules import set_submodule
 
 VARIANTS = ("searched", "compiled")
 Tick = Callable[[str], None]
@@ -129,7 +130,7 @@ def plain_model(searched: nn.Module) -> nn.Module:
     for name, layer in searched_layers(model):
         ir = from_searched(name, layer)
         best = max(ir.branches, key=lambda branch: branch.alpha)
-        replace_module(model, name, to_module(ir.with_branches([replace(best, alpha=1.0)])))
+        set_submodule(model, name, to_module(ir.with_branches([replace(best, alpha=1.0)])))
     return fold_batchnorm(model)[0]
 
 
