@@ -94,11 +94,9 @@ def test_merge_biases_puts_one_summed_bias_on_the_least_dilated_branch():
     torch.testing.assert_close(run(merged), reference([2, 1, 3], [0.2, 0.5, 0.3]))
 
 
-def test_merge_biases_leaves_biases_inside_a_relu_and_unfolded_alphas_alone():
+def test_merge_biases_leaves_biases_inside_a_relu_alone():
     relu = fold_alphas(ir_of([1, 2], [0.5, 0.5], relu=True))
     assert merge_biases(relu) is relu
-    with pytest.raises(NotApplicable, match="alphas are not folded"):
-        merge_biases(ir_of([1, 2], [0.5, 0.5]))
 
 
 def test_lower_single_places_taps_at_the_gcd_of_the_rates():
@@ -231,3 +229,11 @@ def test_to_module_refuses_a_negative_alpha_before_a_relu():
     ir = ir_of([1, 2], [-0.5, 1.5], relu=True, weight=torch.randn(2, 2, 3), bias=None)
     with pytest.raises(NotApplicable, match="negative alpha"):
         to_module(ir)
+
+
+def test_ir_prints_as_one_readable_line():
+    ir = fold_alphas(ir_of([1, 2], [0.25, 0.75]))
+    assert repr(ir) == "ConvIR(layer: kernel 3x3, rates 1x1 2x2, alphas 1 1, lowering -)"
+    assert repr(choose_lowering(ir_of([1, 2], [0.25, 0.75]), "multi")) == \
+        "ConvIR(layer: kernel 3x3, rates 1x1 2x2, alphas 0.25 0.75, lowering multi)"
+    assert repr(ir.branches[0]) == "Branch(kernel 3x3, rate 1x1, padding 1x1, alpha 1, bias)"

@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from rfdeploy.analysis.receptive_field import Size, Stride
+from rfdeploy.compiler.ir import BranchSum
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def is_searched(module: nn.Module) -> bool:
                 and _has(module, "stride"))
             or (isinstance(getattr(module, "op_layer", None), nn.modules.conv._ConvNd)
                 and hasattr(module, "dilation_rates"))
-            or type(module).__name__ == "BranchSum")
+            or isinstance(module, BranchSum))
 
 
 def _has(module: nn.Module, name: str) -> bool:
@@ -121,7 +122,7 @@ def searched_branches(module: Any) -> tuple[Size, Size, tuple[Size, ...], nn.Mod
         rates = tuple(_per_dim(r, len(kernel)) for r in module.dilation_rates)
         return kernel, _as_size(op_layer.stride), rates, op_layer
     convs = getattr(module, "convs", None)
-    if type(module).__name__ == "BranchSum" and isinstance(convs, nn.ModuleList) and len(convs):
+    if isinstance(module, BranchSum) and isinstance(convs, nn.ModuleList) and len(convs):
         kernel = tuple(max(sizes) for sizes in zip(*(_as_size(c.kernel_size) for c in convs)))
         return kernel, _as_size(convs[0].stride), tuple(_as_size(c.dilation) for c in convs), convs[0]
     return None

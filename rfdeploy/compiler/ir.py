@@ -34,6 +34,15 @@ class Branch:
     def kernel_size(self) -> Rate:
         return tuple(self.weight.shape[2:])
 
+    def __repr__(self) -> str:
+        bias = "" if self.bias is None else ", bias"
+        return (f"Branch(kernel {_dims(self.kernel_size)}, rate {_dims(self.rate)}, padding {_dims(self.padding)}, "
+                f"alpha {self.alpha:.4g}{bias})")
+
+
+def _dims(values: Sequence[int]) -> str:
+    return "x".join(map(str, values))
+
 
 @dataclass(frozen=True)
 class ConvIR:
@@ -48,6 +57,15 @@ class ConvIR:
     @property
     def spatial_dims(self) -> int:
         return len(self.stride)
+
+    def __repr__(self) -> str:
+        """One line: name, kernel, rates, alphas, lowering (not the weights)."""
+        kernels = sorted({_dims(b.kernel_size) for b in self.branches})
+        rates = " ".join(_dims(b.rate) for b in self.branches)
+        alphas = " ".join(f"{b.alpha:.4g}" for b in self.branches)
+        relu = ", ReLU per branch" if self.branch_relu else ""
+        return (f"ConvIR({self.name}: kernel {'/'.join(kernels)}, rates {rates}, alphas {alphas}, "
+                f"lowering {self.lowering or '-'}{relu})")
 
     def with_branches(self, branches, **changes) -> ConvIR:
         return replace(self, branches=tuple(branches), **changes)

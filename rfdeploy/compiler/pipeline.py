@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from rfdeploy.compiler.ir import ConvIR, NotApplicable, from_searched, to_module
-from rfdeploy.compiler.passes.choose_lowering import choose_lowering
+from rfdeploy.compiler.passes.base import Pass, Preserves, check_order
+from rfdeploy.compiler.passes.choose_lowering import MODES, choose_lowering
 from rfdeploy.compiler.passes.drop_zero_branches import drop_zero_branches
 from rfdeploy.compiler.passes.fold_alphas import fold_alphas
 from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.compiler.passes.keep_strongest_branch import keep_strongest_branch
+from rfdeploy.compiler.passes.lower_multi import lower_multi
+from rfdeploy.compiler.passes.lower_single import lower_single
 from rfdeploy.compiler.passes.merge_biases import merge_biases
 from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
-from rfdeploy.loader.searched_conv import SearchedConv
+from rfdeploy.loader.searched_conv import searched_layers
 from rfdeploy.modules import set_submodule
 
-PIPELINE = (merge_equal_rates, drop_zero_branches, fold_alphas, merge_biases)
+# Per searched conv, ConvIR -> ConvIR, in this order (the README's pass table follows it).
+LAYER_PIPELINE = (
+    Pass("merge_equal_rates", merge_equal_rates, Preserves.ROUNDING),
+    Pass("drop_zero_branches", drop_zero_branches, Preserves.EXACT),
+    Pass("fold_alphas", fold_alphas, Preserves.ROUNDING),
+    Pass("merge_biases", merge_biases, Preserves.ROUNDING, after=("fold_alphas",)),
+    Pass("choose_lowering", choose_lowering, Preserves.ROUNDING, options=("mode",), chooses=(
+        Pass("lower_single", lower_single, Preserves.ROUNDING),
+        Pass("lower_multi", lower_multi, Preserves.EXACT),
+    )),
+)
+# On the whole model once every searched conv is lowered: nn.Module -> (nn.Module, changed, note).
+MODEL_PIPELINE = (
+    Pass("fold_batchnorm", fold_batchnorm, Preserves.ROUNDING),
+)
+# Not in the compiler's pipelines: the single-branch cost reference of ``bench --with-plain``.
+KEEP_STRONGEST_BRANCH = Pass("keep_strongest_branch", keep_strongest_branch, Preserves.NOTHING)
+check_order(LAYER_PIPELINE)
+check_order(MODEL_PIPELINE)
+
+AfterPass = Callable[[Pass, ConvIR, ConvIR], None]
 
 
 @dataclass
@@ -39,18 +64,43 @@ class CompileResult:
     batchnorm_note: str | None
 
 
-def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None = None) -> ConvIR:
-    """The pass pipeline for one layer; ``choices`` (from measurement) overrides ``mode`` per layer."""
-    for compiler_pass in PIPELINE:
+def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None = None,
+                after_each: AfterPass | None = None) -> ConvIR:
+    """``LAYER_PIPELINE`` on one layer; ``choices`` (from measurement) overrides ``mode`` per layer.
+
+    A pass that cannot keep this layer's outputs equal leaves it as it is, with a note saying why.
+    ``after_each(pass, before, after)`` sees every step (the property tests check equality there).
+    """
+    mode = (choices or {}).get(ir.name, mode)
+    if mode not in MODES:
+        raise ValueError(f"unknown lowering mode {mode!r}")
+    for step in LAYER_PIPELINE:
+        before = ir
         try:
-            ir = compiler_pass(ir)
+            ir = step.apply(ir, f"layer {ir.name}", mode=mode)
         except NotApplicable as reason:
-            ir = ir.noted(f"{compiler_pass.__name__} not applied: {reason}")
-    return choose_lowering(ir, (choices or {}).get(ir.name, mode))
+            ir = ir.noted(f"{step.name} not applied: {reason}")
+        if after_each is not None:
+            after_each(step, before, ir)
+    return ir
 
 
-def searched_layers(model: nn.Module) -> list[tuple[str, SearchedConv]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, SearchedConv)]
+ModelPassResults = dict[str, tuple[list[str], str | None]]
+
+
+def run_model_passes(model: nn.Module, pipeline: Sequence[Pass] = MODEL_PIPELINE) -> tuple[nn.Module, ModelPassResults]:
+    """Model-level passes in order. Each returns ``(model, what it changed, why it changed nothing or
+    None)``; the last two are returned per pass name."""
+    results: ModelPassResults = {}
+    for step in pipeline:
+        model, changed, note = step.apply(model, "the model")
+        results[step.name] = (changed, note)
+    return model, results
+
+
+def plain_model(searched: nn.Module) -> nn.Module:
+    """The single-branch network of the same shape as ``searched``, BatchNorms folded: a cost reference."""
+    return run_model_passes(searched, (KEEP_STRONGEST_BRANCH, *MODEL_PIPELINE))[0]
 
 
 def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
@@ -74,5 +124,6 @@ def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
     folded: list[str] = []
     bn_note = None
     if fold_bn:
-        model, folded, bn_note = fold_batchnorm(model)
+        model, results = run_model_passes(model)
+        folded, bn_note = results["fold_batchnorm"]
     return CompileResult(model, reports, folded, bn_note)

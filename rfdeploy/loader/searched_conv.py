@@ -77,3 +77,8 @@ class SearchedConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel_size}, stride={self.stride}, groups={self.groups}, rates={self.rates}, "
                 f"branch_relu={self.branch_relu}")
+
+
+def searched_layers(model: nn.Module) -> list[tuple[str, SearchedConv]]:
+    """Every ``SearchedConv`` of ``model`` with its name, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, SearchedConv)]

@@ -10,11 +10,10 @@ same inputs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,8 @@ from torch import nn
 
 from rfdeploy.backends import Runner, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
-from rfdeploy.compiler.ir import from_searched, to_module
-from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.compiler.pipeline import compile_model, searched_layers
+from rfdeploy.compiler.pipeline import compile_model, plain_model, searched_layers
 from rfdeploy.measure.verify import compare, random_inputs, reference_outputs
-from rfdeploy.modules import set_submodule
 
 VARIANTS = ("searched", "compiled")
 Tick = Callable[[str], None]
@@ -122,17 +118,6 @@ def torch_settings(threads: int) -> Iterator[None]:
 
 
 # --- variants -----------------------------------------------------------------------------------------
-
-def plain_model(searched: nn.Module) -> nn.Module:
-    """The single-branch network of the same shape: each searched conv keeps only its largest-alpha
-    branch, as RF-Next's ``fixed_single_branch`` deploys it. A cost reference only: its outputs differ."""
-    model = copy.deepcopy(searched).eval()
-    for name, layer in searched_layers(model):
-        ir = from_searched(name, layer)
-        best = max(ir.branches, key=lambda branch: branch.alpha)
-        set_submodule(model, name, to_module(ir.with_branches([replace(best, alpha=1.0)])))
-    return fold_batchnorm(model)[0]
-
 
 @dataclass
 class Variant:

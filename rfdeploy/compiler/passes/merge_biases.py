@@ -5,7 +5,8 @@ Preserves outputs up to rounding (the sum is taken in float64): without a per-br
 the branch of smallest dilation: a bias on a dilated conv is not free everywhere (PyTorch's CPU kernel
 for small dilated convs adds it element by element, 20 to 70% of the conv's time: docs/benchmarks.md).
 Where every branch is dilated, ``to_module`` adds it after the first conv instead. With G2L's ReLU
-inside each branch, biases stay where they are.
+inside each branch, biases stay where they are. Runs after ``fold_alphas`` (declared in the pipeline):
+a bias moved to another branch must not be scaled by that branch's alpha.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from math import prod
 
 import torch
 
-from rfdeploy.compiler.ir import ConvIR, NotApplicable
+from rfdeploy.compiler.ir import ConvIR
 
 
 def merge_biases(ir: ConvIR) -> ConvIR:
     biases = [b.bias for b in ir.branches if b.bias is not None]
     if ir.branch_relu or not biases or len(ir.branches) == 1:
         return ir
-    if any(b.alpha != 1.0 for b in ir.branches):
-        raise NotApplicable("alphas are not folded into the branches yet")
     carrier = min(range(len(ir.branches)), key=lambda i: prod(ir.branches[i].rate))
     if len(biases) == 1 and ir.branches[carrier].bias is not None:
         return ir
