@@ -14,7 +14,7 @@ from torch import nn
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import write_all
 from rfdeploy.backends import tensorrt as trt_backend
-from rfdeploy.backends.onnx_export import SEARCH_OPS, export_onnx, op_counts
+from rfdeploy.backends.onnx_export import SEARCH_OPS, export_onnx, io_names, op_counts
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import compile_model
@@ -24,7 +24,9 @@ from rfdeploy.loader.checkpoint import StateDict, load_checkpoint, state_dict_of
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import load_structure
-from rfdeploy.measure.verify import Reference, random_inputs, verify
+from rfdeploy.measure.io_files import load_inputs
+from rfdeploy.measure.io_files import save_io as write_io
+from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
 
 
 @dataclass
@@ -112,18 +114,30 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            input_shapes: list[tuple[int, ...]] | None = None, opset: int = 17, dynamic_batch: bool = False,
            out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
            choices: dict[str, str] | None = None, write: bool = True, progress=None,
-           tune: str | None = None, engine: trt_backend.EngineRequest | None = None) -> ExportResult:
+           tune: str | None = None, engine: trt_backend.EngineRequest | None = None, dynamic_shape: bool = False,
+           inputs: str | Path | None = None, save_io: str | Path | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
     searched forward too (report key ``tensorrt``). ``DIR/model.onnx``, ``DIR/report.json`` (and the
     engine with its sidecar) are replaced only when every verification passes; a failing run writes
     ``DIR/failed-report.json`` and leaves earlier outputs untouched.
+
+    ``dynamic_shape`` makes batch and spatial dims symbolic (``dynamic_batch``: the batch only); a dynamic
+    export is verified at a second shape too (``verification.other_shapes``). ``inputs`` (an .npz) adds the
+    user's own data to the seeded random inputs; ``save_io`` writes every input used and the searched
+    model's outputs on it.
     """
     step = progress or (lambda message: None)
     step("loading")
     loaded = load(model, ckpt, structure)
-    shapes = input_shapes_for(loaded, input_shapes)
+    own = load_inputs(inputs, io_names(len(input_shapes or loaded.input_shapes or [()]), "input")) if inputs else None
+    shapes = input_shapes_for(loaded, input_shapes or (own.shapes if own else None))
+    if own is not None:
+        _check_fits_export(own, shapes, dynamic_batch, dynamic_shape, str(inputs))
+    other = other_shapes(shapes, dynamic_shape) if dynamic_batch or dynamic_shape else None
+    if other is not None:
+        input_shapes_for(loaded, other, what="the second verification shape of a dynamic export")
     tuning = None
     if tune:
         from rfdeploy.measure.tune import tune_lowerings
@@ -134,13 +148,19 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)
     step("exporting ONNX")
-    onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch)
+    onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch, dynamic_shape)
     counts = op_counts(onnx_model)
     leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
     step("verifying in onnxruntime")
     reference = Reference(loaded.searched)  # each input's searched forward runs once, for every check
-    verification = _verification(reference, result.model, onnx_model, shapes, atol, rtol, seed)
+    sets = seeded_inputs(shapes, seed) + ([own] if own else [])
+    other_sets = seeded_inputs(other, seed) if other else []
+    verification = _verification(reference, result.model, onnx_model, sets, other_sets, atol, rtol, seed)
     verification["passed"] = verification["passed"] and not leftover
+    if save_io is not None:
+        step(f"writing {save_io}")
+        output_names = [value.name for value in onnx_model.graph.output]
+        write_io(save_io, sets + other_sets, reference, io_names(len(shapes), "input"), output_names)
     step("analysing receptive fields")
     receptive_field = (receptive_field_report(result.model, shapes[0]) if len(shapes) == 1
                        else {"error": "receptive-field analysis takes single-input models"})
@@ -164,7 +184,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     exported = ExportResult(report, onnx_model, result.model, Path(out))
     if engine is not None and verification["passed"]:
         step("building and verifying the TensorRT engine (minutes for a large model)")
-        request = trt_backend.with_opt_shapes(engine, onnx_model, shapes)
+        request = trt_backend.with_export_shapes(engine, onnx_model, shapes, other)
         exported.engine = trt_backend.build(onnx_model.SerializeToString(), request, "model.onnx")
         check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
@@ -174,17 +194,44 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     return exported
 
 
-def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.ModelProto,
-                  shapes: list[tuple[int, ...]], atol: float, rtol: float, seed: int) -> dict:
-    """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward."""
+def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.ModelProto, sets: list[InputSet],
+                  other_sets: list[InputSet], atol: float, rtol: float, seed: int) -> dict:
+    """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward; a
+    dynamic ONNX model at its second shape too."""
     with OrtRunner(onnx_model, threads=0) as onnx_runner:
-        ort_check = verify(onnx_runner, searched, shapes, atol, rtol, seed)
+        ort_check = verify_on(onnx_runner, searched, sets, atol, rtol, seed)
+        other_check = verify_on(onnx_runner, searched, other_sets, atol, rtol, seed) if other_sets else None
     with TorchRunner(compiled, name="torch-compiled") as torch_runner:
-        torch_check = verify(torch_runner, searched, shapes, atol, rtol, seed)
-    return ort_check.to_json() | {"torch": torch_check.to_json(), "passed": ort_check.passed and torch_check.passed}
+        torch_check = verify_on(torch_runner, searched, sets, atol, rtol, seed)
+    checks = [ort_check, torch_check] + ([other_check] if other_check else [])
+    return ort_check.to_json() | {"torch": torch_check.to_json(),
+                                  "other_shapes": other_check.to_json() if other_check else None,
+                                  "passed": all(check.passed for check in checks)}
 
 
-def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None) -> list[tuple[int, ...]]:
+def other_shapes(shapes: list[tuple[int, ...]], dynamic_shape: bool) -> list[tuple[int, ...]]:
+    """The second shape a dynamic export is verified at: one more in the batch, and with ``dynamic_shape``
+    every dim after the channels halved (rounded up: cheap at detector sizes, and still a different size)."""
+    return [(shape[0] + 1, *shape[1:2], *((d + 1) // 2 if dynamic_shape else d for d in shape[2:]))
+            for shape in shapes]
+
+
+def _check_fits_export(own: InputSet, shapes: list[tuple[int, ...]], dynamic_batch: bool, dynamic_shape: bool,
+                       path: str) -> None:
+    """The user's inputs must fit the exported graph: its shapes, up to what the export makes symbolic."""
+    def fits(given: tuple[int, ...], exported: tuple[int, ...]) -> bool:
+        free = len(given) if dynamic_shape else 1 if dynamic_batch else 0
+        return len(given) == len(exported) and given[1:2] == exported[1:2] and given[free:] == exported[free:]
+
+    if len(own.shapes) != len(shapes) or not all(map(fits, own.shapes, shapes)):
+        written = " ".join(",".join(map(str, shape)) for shape in own.shapes)
+        export_shape = " ".join(",".join(map(str, shape)) for shape in shapes)
+        raise RFDeployError(f"{path}: inputs of shape {written} do not fit the export at {export_shape}; export at "
+                            f"their shape (--input-shape) or with --dynamic-shape")
+
+
+def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None,
+                     what: str = "input shape") -> list[tuple[int, ...]]:
     """The given input shapes, else the model's default; the searched model must run on them."""
     shapes = given or loaded.input_shapes
     if not shapes:
@@ -194,7 +241,7 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None) -> lis
             loaded.searched(*random_inputs(shapes, 0))
     except Exception as error:  # noqa: BLE001  # any failure of the user's model on this shape
         written = " ".join(",".join(map(str, shape)) for shape in shapes)
-        raise RFDeployError(f"model '{loaded.model_name}' does not run on input shape {written}: "
+        raise RFDeployError(f"model '{loaded.model_name}' does not run on {what} {written}: "
                             f"{first_line(error)}") from None
     return shapes
 

@@ -72,11 +72,21 @@ def test_profile_of_a_dynamic_batch_onnx_model(tmp_path):
 
 def test_export_input_shapes_are_the_default_opt_shapes(tmp_path):
     model = onnx.load(tiny_onnx(tmp_path / "m.onnx", dynamic_batch=True))
-    request = trt_backend.with_opt_shapes(trt_backend.EngineRequest(), model, [(2, 3, 8, 8)])
+    request = trt_backend.with_export_shapes(trt_backend.EngineRequest(), model, [(2, 3, 8, 8)])
     (profile,) = resolve_profile(trt_backend.onnx_inputs(model), request.mins, request.opts, request.maxs)
     assert profile.min == profile.opt == profile.max == (2, 3, 8, 8)
     given = trt_backend.EngineRequest(opts=[parse_named_shape("4x3x8x8")])
-    assert trt_backend.with_opt_shapes(given, model, [(2, 3, 8, 8)]) is given
+    assert trt_backend.with_export_shapes(given, model, [(2, 3, 8, 8)]) == given
+
+
+def test_a_dynamic_export_profile_spans_the_export_and_its_second_verified_shape(tmp_path):
+    model = onnx.load(tiny_onnx(tmp_path / "m.onnx", dynamic_batch=True))
+    request = trt_backend.with_export_shapes(trt_backend.EngineRequest(), model, [(2, 3, 8, 8)], [(3, 3, 8, 8)])
+    (profile,) = resolve_profile(trt_backend.onnx_inputs(model), request.mins, request.opts, request.maxs)
+    assert (profile.min, profile.opt, profile.max) == ((2, 3, 8, 8), (2, 3, 8, 8), (3, 3, 8, 8))
+    given = trt_backend.EngineRequest(maxs=[parse_named_shape("16x3x8x8")])
+    request = trt_backend.with_export_shapes(given, model, [(2, 3, 8, 8)], [(3, 3, 8, 8)])
+    assert request.maxs == given.maxs and request.mins[0].shape == (2, 3, 8, 8)
 
 
 def test_static_inputs_need_no_profile_flags():

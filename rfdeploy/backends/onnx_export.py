@@ -20,13 +20,31 @@ def io_names(count: int, stem: str) -> list[str]:
     return [stem] if count == 1 else [f"{stem}{i}" for i in range(count)]
 
 
+def dynamic_axes_of(inputs: list[torch.Tensor], input_names: list[str], output_names: list[str],
+                    dynamic_batch: bool, dynamic_shape: bool) -> dict[str, dict[int, str]] | None:
+    """Batch symbolic (``batch``), and with ``dynamic_shape`` every dim after the channels too (``height``,
+    ``width``; ``length`` for 1-D): for each input, and the batch of each output (the exporter names the
+    outputs' other dims from the graph)."""
+    if not (dynamic_batch or dynamic_shape):
+        return None
+    spatial = {1: ["length"], 2: ["height", "width"]}
+    axes: dict[str, dict[int, str]] = {}
+    for name, tensor in zip(input_names, inputs):
+        axes[name] = {0: "batch"}
+        if dynamic_shape:
+            names = spatial.get(tensor.dim() - 2) or [f"dim{i}" for i in range(2, tensor.dim())]
+            suffix = "" if len(input_names) == 1 else f"_{name}"
+            axes[name].update({2 + i: f"{dim}{suffix}" for i, dim in enumerate(names)})
+    return axes | {name: {0: "batch"} for name in output_names}
+
+
 def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
-                dynamic_batch: bool = False) -> onnx.ModelProto:
+                dynamic_batch: bool = False, dynamic_shape: bool = False) -> onnx.ModelProto:
     """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up."""
     with torch.no_grad():
         outputs = flat_outputs(model(*inputs))
     input_names, output_names = io_names(len(inputs), "input"), io_names(len(outputs), "output")
-    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    dynamic_axes = dynamic_axes_of(inputs, input_names, output_names, dynamic_batch, dynamic_shape)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():

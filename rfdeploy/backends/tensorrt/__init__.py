@@ -15,7 +15,7 @@ from rfdeploy.backends.tensorrt.build import (
     build_engine,
     build_serialized,
     default_timing_cache,
-    with_opt_shapes,
+    with_export_shapes,
 )
 from rfdeploy.backends.tensorrt.lib import INSTALL_HINT, require_cuda, require_tensorrt
 from rfdeploy.backends.tensorrt.profile import (
@@ -49,5 +49,5 @@ __all__ = [
     "InputProfile", "NamedShape", "Setup", "Shape", "Sidecar", "TrtRunner", "build", "build_engine",
     "build_serialized", "check_setup", "current_setup", "default_timing_cache", "engine_tolerance",
     "load_engine_bytes", "make_sidecar", "onnx_inputs", "parse_named_shape", "read_sidecar", "require_cuda",
-    "require_tensorrt", "resolve_profile", "sidecar_path", "verify_engine", "with_opt_shapes",
+    "require_tensorrt", "resolve_profile", "sidecar_path", "verify_engine", "with_export_shapes",
 ]

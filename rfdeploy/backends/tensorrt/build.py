@@ -76,11 +76,19 @@ class EngineRequest:
     maxs: list[NamedShape] = field(default_factory=list)
 
 
-def with_opt_shapes(request: EngineRequest, model: onnx.ModelProto, shapes: list[Shape]) -> EngineRequest:
-    """``request`` with ``shapes`` (the export's input shapes) as the opt shapes, unless it names its own."""
-    if request.opts:
-        return request
-    return replace(request, opts=[NamedShape(name, tuple(shape)) for name, shape in zip(onnx_inputs(model), shapes)])
+def with_export_shapes(request: EngineRequest, model: onnx.ModelProto, shapes: list[Shape],
+                       other: list[Shape] | None = None) -> EngineRequest:
+    """``request`` with the export's input ``shapes`` as the opt shapes, and for a dynamic export (verified
+    at ``other`` shapes too) min and max spanning both, wherever the request names none of its own."""
+    names = list(onnx_inputs(model))
+
+    def named(chosen: list[Shape]) -> list[NamedShape]:
+        return [NamedShape(name, tuple(shape)) for name, shape in zip(names, chosen)]
+
+    span = list(zip(shapes, other)) if other else []
+    return replace(request, opts=request.opts or named(shapes),
+                   mins=request.mins or named([tuple(map(min, a, b)) for a, b in span]),
+                   maxs=request.maxs or named([tuple(map(max, a, b)) for a, b in span]))
 
 
 @dataclass

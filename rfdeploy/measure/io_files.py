@@ -1,0 +1,69 @@
+"""Verification on the user's own data, and its record: ``--inputs FILE.npz`` in, ``--save-io FILE.npz`` out.
+
+Polygraphy's ``--load-inputs`` / ``--save-outputs`` habit, in numpy's own format, never pickled either way.
+An inputs file holds one array per model input, by input name (``input``, or ``input0``, ``input1``, ...)
+or, failing that, in the file's order. A saved file holds, per verification input set ``K``, ``K/NAME`` for
+every input and for every output of the searched model, and ``sources``: where each set came from.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rfdeploy.artifacts import write_all
+from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.measure.verify import InputSet, Reference
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise RFDeployError(f"{path}: no such inputs file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a bare .npy: one array
+            return {"arr_0": loaded}
+        with loaded as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise RFDeployError(f"{path}: not a readable .npz/.npy of input arrays ({first_line(error)})") from None
+
+
+def load_inputs(path: str | Path, input_names: list[str]) -> InputSet:
+    """The model's inputs from ``path``, by name or in order, as float32 tensors."""
+    path = Path(path)
+    arrays = _arrays(path)
+    if set(input_names) <= set(arrays):
+        chosen = [arrays[name] for name in input_names]
+    elif len(arrays) == len(input_names):
+        chosen = list(arrays.values())
+    else:
+        raise RFDeployError(f"{path}: holds {len(arrays)} array(s) ({', '.join(list(arrays)[:4])}), the model takes "
+                            f"{len(input_names)} input(s): name them {', '.join(input_names)}")
+    tensors = []
+    for name, array in zip(input_names, chosen):
+        if array.dtype.kind not in "fiu" or array.ndim < 2:
+            raise RFDeployError(f"{path}: input '{name}' is {array.dtype} of shape {list(array.shape)}, not a real "
+                                f"array N,C,...")
+        if not np.isfinite(array).all():
+            raise RFDeployError(f"{path}: input '{name}' holds NaN or infinite values")
+        tensors.append(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+    return InputSet(path.name, tuple(tensors))
+
+
+def save_io(path: str | Path, sets: list[InputSet], reference: Reference, input_names: list[str],
+            output_names: list[str]) -> Path:
+    """Every input set and the searched model's outputs on it, written whole or not at all."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"sources": np.array([s.source for s in sets])}
+    for index, inputs in enumerate(sets):
+        arrays.update({f"{index}/{name}": t.numpy() for name, t in zip(input_names, inputs.tensors)})
+        outputs = reference.outputs(inputs)
+        arrays.update({f"{index}/{name}": a.astype(np.float32) for name, a in zip(output_names, outputs)})
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return write_all(path.parent, {path.name: buffer.getvalue()})[0]
