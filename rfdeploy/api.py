@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
-from rfdeploy.artifacts import write_all
+from rfdeploy.artifacts import check_output_dir, write_all
 from rfdeploy.backends import tensorrt as trt_backend
-from rfdeploy.backends.onnx_export import SEARCH_OPS, export_onnx, io_names, op_counts
+from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import compile_model
@@ -27,6 +27,8 @@ from rfdeploy.loader.structure import load_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
+
+FAILED_REPORT = "failed-report.json"
 
 
 @dataclass
@@ -129,6 +131,13 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     model's outputs on it.
     """
     step = progress or (lambda message: None)
+    if opset not in OPSETS:
+        raise RFDeployError(f"opset {opset} is not supported (from {OPSETS.start} to {OPSETS.stop - 1})")
+    if write:  # a bad output folder fails now, not after the work
+        engine_files = ("model.engine", "model.engine.json") if engine is not None else ()
+        check_output_dir(out, ("model.onnx", "report.json", FAILED_REPORT) + engine_files)
+    if save_io is not None:
+        check_output_dir(Path(save_io).parent, (Path(save_io).name,))
     step("loading")
     loaded = load(model, ckpt, structure)
     own = load_inputs(inputs, io_names(len(input_shapes or loaded.input_shapes or [()]), "input")) if inputs else None
@@ -252,5 +261,6 @@ def _write(result: ExportResult) -> None:
         engine = result.engine.files("model.engine") if result.engine else {}
         result.written = write_all(result.out_dir, {"model.onnx": result.onnx_model.SerializeToString(),
                                                     "report.json": report, **engine})
+        (result.out_dir / FAILED_REPORT).unlink(missing_ok=True)  # an earlier failure no longer describes DIR
     else:
-        result.written = write_all(result.out_dir, {"failed-report.json": report})
+        result.written = write_all(result.out_dir, {FAILED_REPORT: report})

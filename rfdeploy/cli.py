@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, one_line
 
 COMMANDS = ("export", "build", "bench", "analyze", "models", "demo")
 
@@ -39,13 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except RFDeployError as error:
-        print(f"rfdeploy: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error))
+    except BrokenPipeError:  # `rfdeploy models --json | head -c 1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return _fail("standard output was closed before everything was written")
+    except SystemExit as exit_:  # code the command ran (a model's forward, a plugin) called exit()
+        return _fail(f"rfdeploy {args.command} was stopped by a call to exit({exit_.code!r})")
     except KeyboardInterrupt:
         print("rfdeploy: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    print(f"rfdeploy: error: {one_line(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,110 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import stat
 import sys
-import textwrap
-import traceback
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
-
-from rfdeploy import cli
-
-MODULE = "rfdeploy_cli_tiny_net"  # a module name no other test uses
-MODEL = f"{MODULE}:build"
-SHAPE = "1,3,12,12"
-SEARCH = {"step": 0, "max_step": 12, "search_interval": 1, "exp_rate": 0.5, "init_alphas": 0.01, "mmin": 1,
-          "mmax": 24, "num_branches": 3, "skip_layer": []}
-
-TINY_NET = textwrap.dedent("""
-    import torch
-    from torch import nn
-
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(4)
-            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-
-        def forward(self, x):
-            return self.conv2(torch.relu(self.bn1(self.conv1(x))))
-
-
-    def build():
-        torch.manual_seed(0)
-        return Tiny().eval()
-""")
-
-
-class Files:
-    """A tiny searched model on disk (mmcv format) and a good export of it in ``out``."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        (root / f"{MODULE}.py").write_text(TINY_NET)
-        generator = torch.Generator().manual_seed(1)
-        self.state = {
-            "conv1.weight": torch.randn(4, 3, 3, 3, generator=generator), "conv1.bias": torch.randn(4),
-            "bn1.weight": torch.rand(4) + 0.5, "bn1.bias": torch.randn(4), "bn1.running_mean": torch.randn(4),
-            "bn1.running_var": torch.rand(4) + 0.5, "bn1.num_batches_tracked": torch.tensor(10),
-            "conv2.op_layer.weight": torch.randn(4, 4, 3, 3, generator=generator),
-            "conv2.op_layer.bias": torch.randn(4, generator=generator),
-            "conv2.branch_weights": torch.tensor([0.3, -0.5, 0.2]),
-        }
-        self.ckpt = self.checkpoint("searched.pth", self.state)
-        self.structure = self.structure_file("structure.json", {"module.conv2": [2, 2]})
-        self.out = root / "out"
-
-    def checkpoint(self, name: str, state: dict) -> Path:
-        torch.save({"meta": {"epoch": 1}, "state_dict": state}, self.root / name)
-        return self.root / name
-
-    def structure_file(self, name: str, entries: dict) -> Path:
-        (self.root / name).write_text(json.dumps({"search": SEARCH, "structure": entries}))
-        return self.root / name
-
-    def args(self, model=MODEL, ckpt=None, structure=None, shape=SHAPE) -> list[str]:
-        argv = ["export", "--model", model, "--ckpt", str(ckpt or self.ckpt),
-                "--structure", str(structure or self.structure), "--out", str(self.out)]
-        return argv + (["--input-shape", shape] if shape else [])
-
-    def snapshot(self) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted(self.out.iterdir())}
-
-
-def run_entry(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """The real console entry in a fresh interpreter."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny model: one thread, on a small shared CPU
-    return subprocess.run([sys.executable, "-m", "rfdeploy", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-
-
-def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    """``rfdeploy.cli.main`` in this process, as the interpreter would end it: an uncaught exception
-    prints its traceback on stderr and exits 1."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    except Exception:  # noqa: BLE001  (what python -m would do with it)
-        traceback.print_exc()
-        code = 1
-    return code, capsys.readouterr().err
-
-
-def assert_one_line_error(code: int, stderr: str, *names: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert code != 0
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("rfdeploy: error:"), lines[0]
-    for name in names:
-        assert name in lines[0], f"{name!r} not named in {lines[0]!r}"
+from cli_util import Files, assert_one_line_error, run_entry, run_main
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +139,133 @@ def test_bench_on_an_input_shape_that_does_not_fit_the_model(capsys):
     code, err = run_main(["bench", "--model", "resnet50", "--input-shape", "1,5,32,32", "--iters", "1",
                           "--warmup", "1"], capsys)
     assert_one_line_error(code, err, "1,5,32,32")
+
+
+# ---------------------------------------------------------------- numbers and names on the command line
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--atol", "nan"), ("--atol", "-1e-4"), ("--rtol", "inf"), ("--rtol", "-0.5"),
+    ("--seed", "18446744073709551616"), ("--seed", "-1"), ("--opset", "1"), ("--opset", "7"), ("--opset", "99"),
+])
+def test_bad_number_options_are_usage_errors(files, capsys, option, value):
+    code, err = run_main(files.args() + [f"{option}={value}"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, option, value)
+
+
+@pytest.mark.parametrize("spec", [":", ":benchnet", "../etc:passwd", "rfdeploy_cli_tiny_net:no such"])
+def test_malformed_model_spec_says_how_to_write_it(files, capsys, spec):
+    code, err = run_main(files.args(model=spec), capsys)
+    assert code == 2
+    assert_one_line_error(code, err, f"'{spec}'", "module:callable", ".py:callable")
+
+
+def test_unknown_model_name_mentions_the_module_callable_form(files, capsys):
+    code, err = run_main(files.args(model="mynet"), capsys)
+    assert_one_line_error(code, err, "mynet", "package.module:callable")
+
+
+USER_CODE = '''
+import sys
+
+
+def exits():
+    sys.exit()
+
+
+def raises_system_exit():
+    raise SystemExit(3)
+
+
+def debugs():
+    breakpoint()
+'''
+
+
+@pytest.mark.parametrize(("attribute", "said"), [("exits", "exit(None)"), ("raises_system_exit", "exit(3)"),
+                                                  ("debugs", "breakpoint()")])
+def test_model_callable_that_exits_or_breaks_into_the_debugger(files, capsys, attribute, said):
+    (files.root / "rfdeploy_cli_user_code.py").write_text(USER_CODE)
+    code, err = run_main(files.args(model=f"rfdeploy_cli_user_code:{attribute}"), capsys)
+    assert code == 2
+    assert_one_line_error(code, err, f"rfdeploy_cli_user_code:{attribute}", said)
+
+
+def test_sys_exit_as_the_model_is_an_error_through_the_real_entry(files):
+    result = run_entry(files.args(model="sys:exit"), cwd=files.root)
+    assert result.returncode == 2
+    assert_one_line_error(result.returncode, result.stderr, "sys:exit", "exit(")
+
+
+# ---------------------------------------------------------------- --out, checked before any work
+
+def out_cases(root):
+    (root / "a-file").write_text("x")
+    if not (root / "dangling").is_symlink():
+        (root / "dangling").symlink_to(root / "nowhere")
+    (root / "onnx-is-a-folder" / "model.onnx").mkdir(parents=True, exist_ok=True)
+    return {"existing file": root / "a-file", "/dev/null": "/dev/null", "dangling link": root / "dangling",
+            "under a file": root / "a-file" / "out", "name too long": root / ("n" * 300),
+            "read-only file system": "/proc/rfdeploy-out", "model.onnx a folder": root / "onnx-is-a-folder"}
+
+
+@pytest.mark.parametrize("case", ["existing file", "/dev/null", "dangling link", "under a file", "name too long",
+                                  "read-only file system", "model.onnx a folder"])
+def test_bad_out_fails_in_one_line_before_any_work(files, capsys, case):
+    (files.root / "outs").mkdir(exist_ok=True)
+    out = str(out_cases(files.root / "outs")[case])
+    truncated = files.root / "half.pth"  # a bad checkpoint: the --out check must come first
+    truncated.write_bytes(files.ckpt.read_bytes()[:100])
+    argv = files.args(ckpt=truncated)
+    argv[argv.index("--out") + 1] = out
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert_one_line_error(code, err, out[:40])
+    assert "half.pth" not in err
+    assert not (files.root / "outs" / "a-file" / "out").exists()
+
+
+def test_outputs_follow_the_umask_and_a_success_removes_an_old_failed_report(files, capsys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "failed-report.json").write_text("{}")
+    argv = files.args()
+    argv[argv.index("--out") + 1] = str(out)
+    previous = os.umask(0o022)
+    try:
+        code, err = run_main(argv, capsys)
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {"model.onnx": 0o644,
+                                                                              "report.json": 0o644}
+
+
+def test_analyze_drawing_into_a_missing_folder(files, capsys):
+    missing = files.root / "no-such-folder" / "graph.svg"
+    code, err = run_main(["analyze", "--model", "resnet50", "--graph", str(missing)], capsys)
+    assert_one_line_error(code, err, str(missing))
+
+
+def test_stdout_closed_early(capsys, monkeypatch):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", closed)
+    code, err = run_main(["models", "--json"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, "output")
+
+
+def test_checkpoint_naming_a_folder(files, capsys):
+    code, err = run_main(files.args(ckpt=files.root), capsys)
+    assert_one_line_error(code, err, str(files.root), "folder")
+
+
+def test_model_from_a_python_file(files, capsys, tmp_path):
+    argv = files.args(model=f"{files.root / 'rfdeploy_cli_tiny_net.py'}:build")
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    code, err = run_main(argv + ["--json"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "model.onnx").is_file()

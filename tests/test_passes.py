@@ -122,6 +122,14 @@ def test_lower_single_refuses_branches_without_a_common_centre():
         lower_single(off_centre)
 
 
+def test_lower_single_refuses_a_merged_kernel_of_billions_of_weights():
+    """Rates 65535 and 65536 have a gcd of 1: one merged kernel would span 131073 taps per dim."""
+    far = fold_alphas(ir_of([65535, 65536], [0.5, 0.5]))
+    with pytest.raises(NotApplicable, match="merged kernel"):
+        lower_single(far)
+    assert choose_lowering(far, "single").lowering == "multi"
+
+
 def test_lower_multi_keeps_one_plain_conv_per_branch():
     multi = lower_multi(fold_alphas(ir_of([1, 3], [0.5, 0.5])))
     module = to_module(multi)

@@ -13,6 +13,7 @@ from torch import nn
 from rfdeploy.backends.base import flat_outputs
 from rfdeploy.errors import RFDeployError, first_line
 
+OPSETS = range(9, 24)  # what the TorchScript exporter writes with constant folding and onnx checks (torch 2.13)
 SEARCH_OPS = ("Abs", "ReduceSum")  # the alpha normalisation |a| / sum |a| (Div also appears in attention)
 
 
@@ -60,7 +61,10 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
     graph.cleanup().toposort()
     exported = gs.export_onnx(graph)
     exported.opset_import[0].version = opset
-    onnx.checker.check_model(exported)
+    try:
+        onnx.checker.check_model(exported)
+    except onnx.checker.ValidationError as error:
+        raise RFDeployError(f"ONNX export at opset {opset} is invalid: {first_line(error)}") from None
     return exported
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from torch import nn
 
 from rfdeploy.analysis import RFReport, analyze
+from rfdeploy.artifacts import check_output_file
 from rfdeploy.errors import RFDeployError
 
 STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproductive": "bold red", "global": "blue"}
@@ -48,6 +49,9 @@ def parse_size(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     if args.model is None and args.ckpt is None:
         raise RFDeployError("--model is needed (a zoo name or package.module:callable) unless --ckpt is given")
+    for drawing in (args.graph, args.plot):
+        if drawing:
+            check_output_file(drawing)
     name, plain, searched, rates, default_shape = _load(args)
     size = _input_size(args.input_size, default_shape, plain)
     channels = default_shape[1] if default_shape else None

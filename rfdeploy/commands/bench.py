@@ -17,7 +17,7 @@ from rich.table import Table
 
 from rfdeploy import api
 from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
-from rfdeploy.commands.common import add_model_arguments, console, require
+from rfdeploy.commands.common import COUNT, SEED, add_model_arguments, console, require
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
@@ -30,28 +30,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--backends", default="torch,onnxruntime", type=parse_backends_arg,
                         help=f"comma-separated, of: {', '.join(BACKENDS)} (default: torch,onnxruntime)")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
-    parser.add_argument("--warmup", type=positive, default=10, help="untimed runs of each variant first")
-    parser.add_argument("--iters", type=positive, default=50, help="timed runs of each variant")
-    parser.add_argument("--threads", type=positive, default=os.cpu_count() or 1,
+    parser.add_argument("--warmup", type=COUNT, default=10, help="untimed runs of each variant first")
+    parser.add_argument("--iters", type=COUNT, default=50, help="timed runs of each variant")
+    parser.add_argument("--threads", type=COUNT, default=os.cpu_count() or 1,
                         help="intra-op threads of PyTorch and onnxruntime (default: all cores)")
     parser.add_argument("--mode", choices=MODES, default="auto", help="lowering of the compiled variant")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each layer's lowering by timing it on this backend first")
-    parser.add_argument("--random-alphas", type=int, metavar="SEED",
+    parser.add_argument("--random-alphas", type=SEED, metavar="SEED",
                         help="without --ckpt: draw every searched conv's alphas at random (timing does not "
                              "depend on them)")
     parser.add_argument("--with-plain", action="store_true",
                         help="also time the single-branch network of the same shape (a cost reference)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random input")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
 
 
 def parse_backends_arg(text: str) -> list[str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import onnx
 
-from rfdeploy.artifacts import write_all
+from rfdeploy.artifacts import check_output_file, write_all
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
-from rfdeploy.commands.common import console
+from rfdeploy.commands.common import COUNT, SEED, TOLERANCE, console
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.verify import Verification
 
@@ -28,10 +28,10 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("onnx", help="the ONNX model, e.g. rfdeploy-out/model.onnx")
     parser.add_argument("--out", help="engine path (default: the ONNX path with .engine)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance against onnxruntime-CPU")
-    parser.add_argument("--rtol", type=float, default=1e-4,
+    parser.add_argument("--atol", type=TOLERANCE, default=1e-4, help="absolute tolerance against onnxruntime-CPU")
+    parser.add_argument("--rtol", type=TOLERANCE, default=1e-4,
                         help="tolerance relative to each output's largest value (FP16: at least 1e-2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -46,7 +46,7 @@ def named_shape(text: str) -> trt_backend.NamedShape:
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The engine options shared by ``rfdeploy build`` and ``rfdeploy export --trt``."""
     parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (default: FP32 only)")
-    parser.add_argument("--workspace", type=int, default=4096, metavar="MB",
+    parser.add_argument("--workspace", type=COUNT, default=4096, metavar="MB",
                         help="TensorRT workspace memory limit in MiB (default: 4096)")
     for bound in ("min", "opt", "max"):
         parser.add_argument(f"--{bound}-shape", action="append", type=named_shape, default=[], metavar="[NAME:]DIMS",
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     trt_backend.require_tensorrt()
     request = engine_request(args)
     engine_path = Path(args.out) if args.out else onnx_path.with_suffix(".engine")
+    check_output_file(engine_path)
     onnx_bytes = onnx_path.read_bytes()
     with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
         built = trt_backend.build(onnx_bytes, request, str(onnx_path))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -10,6 +12,28 @@ from rich.console import Console
 from rfdeploy.errors import RFDeployError
 
 console = Console(stderr=True)
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """An argument type: a finite ``kind`` (int or float) within ``[low, high]``."""
+    limits = ([f">= {low}"] if low is not None else []) + ([f"<= {high}"] if high is not None else [])
+    what = " ".join(["an integer" if kind is int else "a finite number", " and ".join(limits)]).strip()
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        return value
+
+    return parse
+
+
+TOLERANCE = number(float, low=0)
+SEED = number(int, low=0, high=2**32 - 1)  # numpy's seed range
+COUNT = number(int, low=1)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

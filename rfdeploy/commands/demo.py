@@ -17,7 +17,7 @@ import torch
 from rfdeploy import models
 from rfdeploy.artifacts import write_all
 from rfdeploy.commands import export as export_command
-from rfdeploy.commands.common import console
+from rfdeploy.commands.common import SEED, console
 from rfdeploy.loader.searched_model import CONVS
 
 SEARCH_CONFIG = {"step": 0, "max_step": 12, "search_interval": 1, "exp_rate": 0.5, "init_alphas": 0.01,
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--workdir", default="rfdeploy-demo", help="where the demo's searched files go")
     parser.add_argument("--out", default="rfdeploy-demo/out", help="export output directory")
     parser.add_argument("--input-shape", default="1,3,96,96")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.set_defaults(run=run)
 
 

@@ -8,9 +8,10 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
+from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands import build as build_command
-from rfdeploy.commands.common import add_model_arguments, console, status
+from rfdeploy.commands.common import SEED, TOLERANCE, add_model_arguments, console, number, status
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
 
@@ -22,7 +23,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mode", choices=MODES, default="auto",
                         help="lowering of each searched conv: auto (cost model), multi (one conv per branch), "
                              "single (one merged conv where exact)")
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--opset", type=number(int, OPSETS.start, OPSETS.stop - 1), default=17,
+                        help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (default: 17)")
     parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
     parser.add_argument("--dynamic-shape", action="store_true",
                         help="export with dynamic batch, height and width (length for 1-D); verified at the export "
@@ -33,9 +35,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--save-io", metavar="FILE.npz",
                         help="write every verification input and the searched model's outputs on it")
     parser.add_argument("--out", default="rfdeploy-out", help="output directory (default: ./rfdeploy-out)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the verification")
-    parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--atol", type=TOLERANCE, default=1e-4, help="absolute tolerance of the verification")
+    parser.add_argument("--rtol", type=TOLERANCE, default=1e-4, help="tolerance relative to each output's largest value")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each layer's lowering by timing the candidates on this backend "

@@ -9,15 +9,17 @@ replaced by an inert placeholder that stores its arguments and executes nothing.
 
 from __future__ import annotations
 
+import json
 import pickle
 import types
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
 from torch import _weights_only_unpickler
 
 from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.loader.input_file import regular_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -52,15 +54,32 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise ValueError(f"the header names tensor '{repeated}' twice")
+    return dict(pairs)
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """What safetensors' own parser lets pass: a header naming one tensor twice (the last one would win)."""
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise ValueError("shorter than a safetensors header")
+        size = int.from_bytes(prefix, "little")
+        if size > path.stat().st_size - 8:
+            raise ValueError(f"header of {size} bytes runs past the end of the file")
+        json.loads(file.read(size), object_pairs_hook=_unique_keys)
+
+
 def _read(path: Path):
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        try:
-            return load_file(str(path))
-        except SafetensorError as error:
-            raise ValueError(str(error)) from None
+        _check_safetensors_header(path)
+        return load_file(str(path))
     return _torch_load(path)
 
 
@@ -73,20 +92,23 @@ def state_dict_of(payload, path: Path) -> StateDict:
                 break
     if not isinstance(payload, dict) or not payload:
         raise RFDeployError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
-    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in payload.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise RFDeployError(f"{path}: holds no tensors")
+        raise RFDeployError(f"{path}: holds no tensors under string names")
+    for key, tensor in tensors.items():
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
+            kind = "quantized" if tensor.is_quantized else "complex" if tensor.is_complex() else str(tensor.layout)
+            raise RFDeployError(f"{path}: '{key}' is a {kind} tensor; rfdeploy takes dense real weights")
     return tensors
 
 
 def load_checkpoint(path: str | Path) -> StateDict:
-    path = Path(path)
-    if not path.is_file():
-        raise RFDeployError(f"{path}: no such checkpoint file")
+    path = regular_file(path, "checkpoint file")
     try:
-        payload = _read(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            AttributeError, ImportError, TypeError, IndexError, KeyError) as error:
+        with warnings.catch_warnings():  # torch warns about raw pickles; the error line must stay the only line
+            warnings.simplefilter("ignore")
+            payload = _read(path)
+    except Exception as error:  # noqa: BLE001  # corrupt bytes reach torch, zipfile and pickle in many ways
         detail = first_line(error).split(". ")[0]
         raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
     return state_dict_of(payload, path)

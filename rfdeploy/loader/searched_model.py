@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,11 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from rfdeploy import models
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.checkpoint import StateDict
 from rfdeploy.loader.rates import centred_padding, mmcv_padding
 from rfdeploy.loader.searched_conv import SearchedConv
-from rfdeploy.loader.structure import Geometry, Structure, load_structure
+from rfdeploy.loader.structure import MAX_DILATION, Geometry, Structure, load_structure
 from rfdeploy.modules import set_submodule
 
 CONVS = (nn.Conv1d, nn.Conv2d)
@@ -45,22 +46,60 @@ class LoadInfo:
     notes: list[str] = field(default_factory=list)
 
 
+MODEL_FORMS = "a zoo name (rfdeploy models), package.module:callable, or path/to/file.py:callable"
+
+
+def _import_factory(spec: str):
+    """The object ``spec`` (``package.module:attr`` or ``path/to/file.py:attr``) names."""
+    source, _, attribute = spec.rpartition(":")
+    if not attribute.isidentifier():
+        raise RFDeployError(f"model '{spec}': '{attribute}' is not a callable's name; want {MODEL_FORMS}")
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise RFDeployError(f"model '{spec}': no such file {path}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise RFDeployError(f"model '{spec}': cannot import {path}")
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    elif all(part.isidentifier() for part in source.split(".")):
+        if str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        module = importlib.import_module(source)
+    else:
+        raise RFDeployError(f"model '{spec}': '{source}' is neither a module name nor a .py file; want {MODEL_FORMS}")
+    return getattr(module, attribute)
+
+
+def _refuse_debugger(*args, **kwargs):
+    raise RuntimeError("it called breakpoint()")
+
+
+def _run_user_code(spec: str, step: str, function):
+    """``function()``, the user's own code: whatever it raises, exits or breaks into becomes one line."""
+    hook, sys.breakpointhook = sys.breakpointhook, _refuse_debugger
+    try:
+        return function()
+    except RFDeployError:
+        raise
+    except SystemExit as exit_:
+        raise RFDeployError(f"model '{spec}' {step}: it called exit({exit_.code!r})") from None
+    except Exception as error:  # noqa: BLE001  # the user's own code: report it in one line
+        raise RFDeployError(f"model '{spec}' {step}: {type(error).__name__}: {first_line(error)}") from None
+    finally:
+        sys.breakpointhook = hook
+
+
 def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """A plain model from a zoo name or ``package.module:callable``, and its default input shape."""
+    """A plain model from a zoo name, ``package.module:callable`` or ``file.py:callable``, and its default
+    input shape."""
     if ":" not in spec:
         entry = models.get(spec)
         return models.build(spec), entry.input_shape
-    module_name, _, attribute = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise RFDeployError(f"cannot import model '{spec}': {error}") from None
-    try:
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
-    except Exception as error:  # noqa: BLE001  # the user's own code: report it in one line
-        raise RFDeployError(f"model '{spec}' failed to build: {type(error).__name__}: {error}") from None
+    factory = _run_user_code(spec, "cannot be imported", lambda: _import_factory(spec))
+    build = factory if callable(factory) and not isinstance(factory, nn.Module) else lambda: factory
+    model = _run_user_code(spec, "failed to build", build)
     if not isinstance(model, nn.Module):
         raise RFDeployError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
     return model.eval(), getattr(model, "default_input_shape", None)
@@ -133,14 +172,49 @@ def _searched_conv(conv: _ConvNd, weight: torch.Tensor, bias: torch.Tensor | Non
                             f"the model expects [{conv.weight.shape[0]}]")
     if alphas.dim() != 1 or alphas.numel() < len(geometry.rates):
         raise RFDeployError(f"{path}: layer '{name}' has {alphas.numel()} alphas for {len(geometry.rates)} rates")
+    _check_values(name, path, weight=weight, bias=bias, alphas=alphas[: len(geometry.rates)])
     return SearchedConv(weight.float(), None if bias is None else bias.float(), alphas.float(), geometry.rates,
                         geometry.paddings, conv.stride, conv.groups, geometry.branch_relu, geometry.always_mix)
 
 
-def _rfconv_geometry(state: StateDict, name: str, conv: _ConvNd) -> tuple[Geometry, torch.Tensor]:
+def _check_values(name: str, path: str, **tensors: torch.Tensor | None) -> None:
+    """A searched layer's weight, bias and live alphas: real floats, finite; weight and alphas not all zero."""
+    for role, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if not tensor.is_floating_point():
+            raise RFDeployError(f"{path}: layer '{name}' has {role} of dtype {tensor.dtype}, not floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            raise RFDeployError(f"{path}: layer '{name}' has NaN or infinite values in its {role}")
+        if role != "bias" and not bool(tensor.any()):
+            raise RFDeployError(f"{path}: layer '{name}' has an all-zero {role}")
+
+
+def _check_alpha_count(alphas: torch.Tensor, expected: range, name: str, path: str) -> None:
+    """The alphas as the op that trained the layer stores them: a vector of ``expected`` length."""
+    if alphas.dim() != 1 or alphas.numel() not in expected:
+        count = f"{expected.start}" if len(expected) == 1 else f"{expected.start} to {expected.stop - 1}"
+        raise RFDeployError(f"{path}: layer '{name}' has alphas of shape {list(alphas.shape)}; "
+                            f"its op stores {count}")
+
+
+def _rfconv_geometry(state: StateDict, name: str, conv: _ConvNd, path: str) -> tuple[Geometry, torch.Tensor]:
     """RFConv2d's live rates; one rate runs ``nn.Conv2d.forward`` with the padding its estimate set."""
-    count = int(state[f"{name}.num_rates"].reshape(-1)[0])
-    rates = [tuple(int(v) for v in row) for row in state[f"{name}.rates"][:count].tolist()]
+    missing = [f"{name}.{leaf}" for leaf in ("sample_weights", "rates", "num_rates") if f"{name}.{leaf}" not in state]
+    if missing:
+        raise RFDeployError(f"{path}: layer '{name}' is an RFConv2d (it has '{name}.num_rates') but lacks '{missing[0]}'")
+    alphas, table, count_tensor = (state[f"{name}.{leaf}"] for leaf in ("sample_weights", "rates", "num_rates"))
+    dims = conv.weight.dim() - 2
+    if (table.dim() != 2 or table.shape[1] != dims or table.is_floating_point() or table.is_complex()
+            or count_tensor.numel() != 1 or count_tensor.is_floating_point() or count_tensor.is_complex()):
+        raise RFDeployError(f"{path}: layer '{name}' has malformed RFConv2d buffers (rates {list(table.shape)}, "
+                            f"num_rates {list(count_tensor.shape)})")
+    _check_alpha_count(alphas, range(table.shape[0], table.shape[0] + 1), name, path)
+    count = int(count_tensor.reshape(-1)[0])
+    rates = [tuple(int(v) for v in row) for row in table[:count].tolist()]
+    if not 1 <= count <= table.shape[0] or not all(1 <= r <= MAX_DILATION for rate in rates for r in rate):
+        raise RFDeployError(f"{path}: layer '{name}' has {count} live rates {rates[:4]} out of {table.shape[0]}; "
+                            f"want 1 to {table.shape[0]} dilations from 1 to {MAX_DILATION}")
     kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
     if count == 1:
         return Geometry(rates, [mmcv_padding(kernel_size, stride, rates[0])]), state[f"{name}.sample_weights"]
@@ -160,11 +234,18 @@ def build_searched(model: nn.Module, structure: Structure | None, state: StateDi
         replacement = _replacement(name, conv, entries, structure, local, checkpoint_path, info)
         if replacement is not None:
             replacements[name] = replacement
+    if info.single_branch and info.searched:  # a fixed_single_branch checkpoint has no alphas at all
+        raise _missing_alphas(info.single_branch[0], checkpoint_path, f"'{info.searched[0]}' has them")
     for name, replacement in replacements.items():
         set_submodule(searched, name, replacement)
     if local is not None:
         _load_remaining(searched, local, set(replacements), checkpoint_path, info)
     return searched, info
+
+
+def _missing_alphas(name: str, path: str, evidence: str) -> RFDeployError:
+    return RFDeployError(f"{path}: layer '{name}' is searched in the structure file, but the checkpoint holds no "
+                         f"alphas for it ({evidence}); it would silently become a plain conv")
 
 
 def _localise(model, convs, state, path, info) -> StateDict:
@@ -180,6 +261,15 @@ def _localise(model, convs, state, path, info) -> StateDict:
     return local
 
 
+def stored_alphas(rule: str, structure: Structure) -> range:
+    """How many alphas each op stores: mmcv ``num_branches`` (the structure's when it is mmcv's own),
+    the research op and G2L three (the research op two with ``S`` 2)."""
+    if rule == "mmcv":
+        branches = structure.expansion.num_branches
+        return range(branches, branches + 1) if structure.format == "mmcv" else range(2, 4)
+    return range(3, 4) if rule == "g2l" else range(2, 4)
+
+
 def searched_rule(alpha_key: str, structure: Structure) -> str:
     """The op that trained a layer, from its alpha key: the checkpoint decides, not the structure file."""
     if alpha_key.endswith(".branch_weights"):
@@ -191,10 +281,10 @@ def _replacement(name: str, conv: _ConvNd, entries: dict[str, str], structure: S
                  local: StateDict | None, path: str, info: LoadInfo) -> SearchedConv | None:
     kernel_size, stride = tuple(conv.kernel_size), tuple(conv.stride)
     if local is not None and f"{name}.num_rates" in local:
-        geometry, alphas = _rfconv_geometry(local, name, conv)
+        geometry, alphas = _rfconv_geometry(local, name, conv, path)
         info.checkpoint_format = "rfconv"
         info.searched.append(name)
-        return _searched_conv(conv, local[f"{name}.weight"], local.get(f"{name}.bias"), alphas, geometry, name, path)
+        return _searched_conv(conv, *_conv_tensors(local, name, path), alphas, geometry, name, path)
     alpha_key = next((f"{name}.{k}" for k in ALPHA_KEYS if local is not None and f"{name}.{k}" in local), None)
     if alpha_key is not None and local is not None:
         if structure is None or name not in entries:
@@ -203,6 +293,7 @@ def _replacement(name: str, conv: _ConvNd, entries: dict[str, str], structure: S
         weight, bias = _conv_tensors(local, name, path)
         alphas = local[alpha_key]
         rule = searched_rule(alpha_key, structure)
+        _check_alpha_count(alphas, stored_alphas(rule, structure), name, path)
         branches = alphas.numel() if rule == "mmcv" else None  # mmcv stores num_branches alphas, always
         geometry = structure.searched(entries[name], kernel_size, stride, rule, branches)
         info.checkpoint_format = rule
@@ -215,6 +306,8 @@ def _replacement(name: str, conv: _ConvNd, entries: dict[str, str], structure: S
         info.searched.append(name)
         alphas = torch.full((len(geometry.rates),), structure.init_alpha)
         return _searched_conv(conv, conv.weight, conv.bias, alphas, geometry, name, path)
+    if f"{name}.op_layer.weight" in local:
+        raise _missing_alphas(name, path, "its conv is a search op's (op_layer)")
     weight, bias = _conv_tensors(local, name, path)
     info.single_branch.append(name)
     return _searched_conv(conv, weight, bias, torch.ones(1), structure.single(entries[name], kernel_size, stride), name, path)
@@ -234,6 +327,8 @@ def _load_remaining(model: nn.Module, local: StateDict, replaced: set[str], path
         if key in local and tuple(local[key].shape) != tuple(tensor.shape):
             raise RFDeployError(f"{path}: '{key}' has shape {list(local[key].shape)}, "
                                 f"the model expects {list(tensor.shape)}")
+        if key in local and local[key].is_floating_point() and not bool(torch.isfinite(local[key]).all()):
+            raise RFDeployError(f"{path}: '{key}' holds NaN or infinite values")
     model.load_state_dict({k: local[k] for k in expected if k in local}, strict=False)
     unused = [k for k in local if k not in expected and k not in consumed]
     info.ignored_keys += len(unused)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader import rates as R
+from rfdeploy.loader.input_file import regular_file
 
 Centre = tuple[int, ...]
 
@@ -85,8 +86,10 @@ class Structure:
 
 def _centre_of(value, path: Path, name: str) -> Centre:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        raise RFDeployError(f"{path}: entry '{name}' must be a dilation >= 1 or a list of them, got {value!r}")
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DILATION
+                             for v in values):
+        raise RFDeployError(f"{path}: entry '{name}' must be a dilation from 1 to {MAX_DILATION} or a list of them, "
+                            f"got {str(value)[:80]}")
     return tuple(values)
 
 
@@ -105,43 +108,62 @@ def _live_names(entries: dict, path: Path) -> tuple[dict[str, Centre], dict[str,
     return live, spelling, stale
 
 
-def _number(config: dict, key: str, path: Path, default=None):
+def _setting(config: dict, key: str, path: Path, default: float | None, low: float, high: float,
+             integer: bool = False) -> float:
+    """A search setting: a finite number in ``[low, high]`` (an integer where ``integer``)."""
     value = config.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise RFDeployError(f"{path}: search setting '{key}' is missing or not a number")
-    return value
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high
+            or (integer and value != int(value))):
+        kind = "an integer" if integer else "a number"
+        raise RFDeployError(f"{path}: search setting '{key}' must be {kind} from {low} to {high}, "
+                            f"got {str(value)[:40]}")
+    return int(value) if integer else float(value)
+
+
+MAX_DILATION = 2**16  # far beyond any input; keeps rates, paddings and merged kernels of a sane size
+
+
+def _expansion(config: dict, branches_key: str | None, path: Path) -> tuple[R.Expansion, float]:
+    """The search space and the initial alpha, every setting checked in one place. ``branches_key`` names
+    the branch count (G2L has none: always three)."""
+    branches = config[branches_key] if branches_key else 3
+    if branches not in (2, 3) or isinstance(branches, bool):
+        raise RFDeployError(f"{path}: search setting '{branches_key}' is {str(branches)[:40]}; "
+                            f"RF-Next searches with 2 or 3 branches")
+    exp_rate = _setting(config, "exp_rate", path, None, low=1e-6, high=1.0)
+    mmin = _setting(config, "mmin", path, 1, low=1, high=MAX_DILATION, integer=True)
+    mmax = _setting(config, "mmax", path, MAX_DILATION, low=mmin, high=10**9, integer=True)
+    init_alpha = _setting(config, "init_alphas", path, 0.01, low=-1e6, high=1e6)
+    if init_alpha == 0:
+        raise RFDeployError(f"{path}: search setting 'init_alphas' is 0: every alpha would be zero")
+    return R.Expansion(exp_rate, int(mmin), int(min(mmax, MAX_DILATION)), int(branches)), init_alpha
 
 
 def load_structure(path: str | Path) -> Structure:
-    path = Path(path)
+    path = regular_file(path, "structure file")
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RFDeployError(f"{path}: no such structure file") from None
     except json.JSONDecodeError as error:
         raise RFDeployError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RFDeployError(f"{path}: unreadable ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: an integer of thousands of digits
+        raise RFDeployError(f"{path}: unreadable ({str(error)[:200]})") from None
     if not isinstance(data, dict):
         raise RFDeployError(f"{path}: not a structure file (expected a JSON object)")
+    branches_key: str | None
     if isinstance(data.get("global"), dict) and isinstance(data.get("model"), dict):
-        fmt, config, entries, branches = "g2l", data["global"], data["model"], 3
+        fmt, config, entries, branches_key = "g2l", data["global"], data["model"], None
     elif isinstance(data.get("search"), dict) and isinstance(data.get("structure"), dict):
         config, entries = data["search"], data["structure"]
         if "num_branches" in config:
-            fmt, branches = "mmcv", config["num_branches"]
+            fmt, branches_key = "mmcv", "num_branches"
         elif "S" in config:
-            fmt, branches = "research", config["S"]
+            fmt, branches_key = "research", "S"
         else:
             raise RFDeployError(f"{path}: 'search' has neither 'num_branches' (mmcv) nor 'S' (research format)")
     else:
         raise RFDeployError(f"{path}: not a structure file (expected 'search' + 'structure', or 'global' + 'model')")
-    if branches not in (2, 3):
-        raise RFDeployError(f"{path}: {branches} branches; RF-Next searches with 2 or 3")
-    expansion = R.Expansion(float(_number(config, "exp_rate", path)), int(_number(config, "mmin", path, 1)),
-                            int(_number(config, "mmax", path, 10**9)), int(branches))
+    expansion, init_alpha = _expansion(config, branches_key, path)
     centres, spelling, stale = _live_names(entries, path)
     if not centres:
         raise RFDeployError(f"{path}: names no layers")
-    init_alpha = float(config.get("init_alphas", 0.01) or 0.01)
     return Structure(str(path), fmt, expansion, centres, init_alpha, spelling, stale)

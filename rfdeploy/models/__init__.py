@@ -56,7 +56,8 @@ def entries() -> list[ZooEntry]:
 def get(name: str) -> ZooEntry:
     _load_all()
     if name not in _REGISTRY:
-        raise RFDeployError(f"unknown zoo model '{name}' (known: {', '.join(sorted(_REGISTRY))})")
+        raise RFDeployError(f"unknown zoo model '{name}' (known: {', '.join(sorted(_REGISTRY))}); your own "
+                            f"network: package.module:callable or path/to/file.py:callable")
     return _REGISTRY[name]
 
 

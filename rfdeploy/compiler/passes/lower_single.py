@@ -11,12 +11,15 @@ produce the same output length; otherwise, or across a per-branch nonlinearity, 
 
 from __future__ import annotations
 
+import math
 from functools import reduce
 from math import gcd
 
 import torch
 
 from rfdeploy.compiler.ir import Branch, ConvIR, NotApplicable
+
+MAX_MERGED_ELEMENTS = 2**26  # 512 MiB in float64; the cost model would never pick such a kernel anyway
 
 
 def _merged_geometry(ir: ConvIR) -> tuple[list[int], list[int], list[int]]:
@@ -44,6 +47,9 @@ def lower_single(ir: ConvIR) -> ConvIR:
         raise NotApplicable("a ReLU inside each branch: branches of different rates cannot be summed first")
     paddings, dilations, kernels = _merged_geometry(ir)
     first = ir.branches[0]
+    elements = math.prod(first.weight.shape[:2]) * math.prod(kernels)
+    if elements > MAX_MERGED_ELEMENTS:  # far dilations with a gcd of 1: a kernel mostly of zeros
+        raise NotApplicable(f"the merged kernel {kernels} would hold {elements} weights")
     weight = torch.zeros(*first.weight.shape[:2], *kernels, dtype=torch.float64)
     for b in ir.branches:
         window = [slice(None), slice(None)]
