@@ -23,7 +23,7 @@ from rfdeploy.loader import recognise
 from rfdeploy.loader.checkpoint import StateDict, load_checkpoint, state_dict_of
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
-from rfdeploy.loader.structure import load_structure
+from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
@@ -43,19 +43,20 @@ class Loaded:
 
 
 def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None = None,
-         structure: str | Path | None = None) -> Loaded:
+         structure: str | Path | Mapping | None = None) -> Loaded:
     """The searched model from a zoo name / ``module:callable`` / module, a checkpoint and a structure file.
 
     ``model`` may also hold its search ops already (mmcv's ``RFSearchHook.init_model``, ``RFConv2d``, G2L):
-    they are read in place and need no files. ``ckpt`` may be a state dict instead of a path.
+    they are read in place and need no files. ``ckpt`` may be a state dict, ``structure`` the structure
+    file's data (a dict), instead of paths.
     """
     state = _state_dict(ckpt)
-    parsed = load_structure(structure) if structure is not None else None
+    parsed = _structure(structure)
     recognised = model is None
     if recognised:
         if state is None:
             raise RFDeployError("--model is needed when no checkpoint is given")
-        model = recognise.zoo_model_of(state, str(ckpt))
+        model = recognise.zoo_model_of(state, source_name(ckpt, "state dict"))
     if isinstance(model, str):
         plain, default_shape = load_model(model)
         name = model
@@ -66,15 +67,30 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     shapes = [tuple(default_shape)] if default_shape else None
     if search_ops(plain):
         return Loaded(*_adopt(plain, name, state is not None or parsed is not None), name, shapes, recognised)
-    searched, info = build_searched(plain, parsed, state, str(ckpt))
+    searched, info = build_searched(plain, parsed, state, source_name(ckpt, "state dict"))
     return Loaded(searched, info, name, shapes, recognised)
+
+
+def source_name(source, kind: str) -> str:
+    """A file's path, or ``<KIND>`` for data handed over in memory."""
+    return f"<{kind}>" if isinstance(source, Mapping) else str(source)
+
+
+def _structure(structure: str | Path | Mapping | None) -> Structure | None:
+    if structure is None:
+        return None
+    if isinstance(structure, Mapping):
+        return parse_structure(dict(structure))
+    if not isinstance(structure, (str, Path)):
+        raise RFDeployError(f"structure must be a path or a structure dict, not {type(structure).__name__}")
+    return load_structure(structure)
 
 
 def _state_dict(ckpt: str | Path | Mapping | None) -> StateDict | None:
     if ckpt is None:
         return None
     if isinstance(ckpt, Mapping):
-        return state_dict_of(dict(ckpt), Path("<state dict>"))
+        return state_dict_of(dict(ckpt), Path(source_name(ckpt, "state dict")))
     if not isinstance(ckpt, (str, Path)):
         raise RFDeployError(f"ckpt must be a path or a state dict, not {type(ckpt).__name__}")
     return load_checkpoint(ckpt)
@@ -176,8 +192,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     report = {
         "model": loaded.model_name,
         "model_recognised": loaded.recognised,
-        "checkpoint": None if ckpt is None else str(ckpt),
-        "structure": None if structure is None else str(structure),
+        "checkpoint": None if ckpt is None else source_name(ckpt, "state dict"),
+        "structure": None if structure is None else source_name(structure, "structure dict"),
         "mode": mode,
         "opset": opset,
         "load": asdict(loaded.info),

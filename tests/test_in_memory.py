@@ -168,3 +168,17 @@ def test_cli_model_callable_returning_a_searched_model(tmp_path, monkeypatch, ca
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert len(report["layers"]) == 3 and report["verification"]["passed"]
+
+
+def test_a_structure_dict_in_place_of_a_file_loads_the_same_and_is_named_in_errors(tmp_path):
+    reference = hooked("search")
+    data = {"search": MMCV_SEARCH, "structure": {
+        name: list(reference.get_submodule(name).op_layer.dilation) for name in search_op_names(reference)}}
+    state = reference.state_dict()
+    result = api.export(seeded(TinyBackbone, 0), state, data, input_shapes=[INPUT], out=tmp_path / "out")
+
+    assert result.passed and len(result.report["layers"]) == 3
+    assert (result.report["checkpoint"], result.report["structure"]) == ("<state dict>", "<structure dict>")
+    assert_matches_reference(result, reference)
+    with pytest.raises(RFDeployError, match="^<structure dict>: not a structure file"):
+        api.load(seeded(TinyBackbone, 0), state, {"layers": {}})

@@ -147,6 +147,12 @@ def load_structure(path: str | Path) -> Structure:
         raise RFDeployError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
     except (OSError, ValueError, RecursionError) as error:  # ValueError: an integer of thousands of digits
         raise RFDeployError(f"{path}: unreadable ({str(error)[:200]})") from None
+    return parse_structure(data, path)
+
+
+def parse_structure(data, path: str | Path = "<structure dict>") -> Structure:
+    """A structure from its JSON data (a file's, or a dict the caller holds); ``path`` names it in errors."""
+    path = Path(path)
     if not isinstance(data, dict):
         raise RFDeployError(f"{path}: not a structure file (expected a JSON object)")
     branches_key: str | None
