@@ -14,14 +14,21 @@ from torch import nn
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import check_output_dir, write_all
 from rfdeploy.backends import tensorrt as trt_backend
-from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts
+from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
-from rfdeploy.compiler.pipeline import compile_model
+from rfdeploy.compiler.pipeline import LayerReport, compile_model
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader import recognise
-from rfdeploy.loader.checkpoint import StateDict, load_checkpoint, state_dict_of
+from rfdeploy.loader.checkpoint import (
+    StateDict,
+    TrainingProgress,
+    progress_of,
+    read_checkpoint,
+    state_dict_of,
+)
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
+from rfdeploy.loader.provenance import note_provenance, weights_origin
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
@@ -50,7 +57,7 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     they are read in place and need no files. ``ckpt`` may be a state dict, ``structure`` the structure
     file's data (a dict), instead of paths.
     """
-    state = _state_dict(ckpt)
+    state, progress = _checkpoint(ckpt)
     parsed = _structure(structure)
     recognised = model is None
     if recognised:
@@ -68,6 +75,7 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     if search_ops(plain):
         return Loaded(*_adopt(plain, name, state is not None or parsed is not None), name, shapes, recognised)
     searched, info = build_searched(plain, parsed, state, source_name(ckpt, "state dict"))
+    note_provenance(info, weights_origin(model, state is not None), parsed, progress, source_name(ckpt, "state dict"))
     return Loaded(searched, info, name, shapes, recognised)
 
 
@@ -86,14 +94,14 @@ def _structure(structure: str | Path | Mapping | None) -> Structure | None:
     return load_structure(structure)
 
 
-def _state_dict(ckpt: str | Path | Mapping | None) -> StateDict | None:
+def _checkpoint(ckpt: str | Path | Mapping | None) -> tuple[StateDict | None, TrainingProgress]:
     if ckpt is None:
-        return None
+        return None, TrainingProgress()
     if isinstance(ckpt, Mapping):
-        return state_dict_of(dict(ckpt), Path(source_name(ckpt, "state dict")))
+        return state_dict_of(dict(ckpt), Path(source_name(ckpt, "state dict"))), progress_of(dict(ckpt))
     if not isinstance(ckpt, (str, Path)):
         raise RFDeployError(f"ckpt must be a path or a state dict, not {type(ckpt).__name__}")
-    return load_checkpoint(ckpt)
+    return read_checkpoint(ckpt)
 
 
 def _adopt(model: nn.Module, name: str, files_given: bool) -> tuple[nn.Module, LoadInfo]:
@@ -104,7 +112,7 @@ def _adopt(model: nn.Module, name: str, files_given: bool) -> tuple[nn.Module, L
                             f"alphas; give it without a checkpoint or structure file")
     searched, formats = adopt_search_ops(model)
     kinds = sorted(set(formats.values()))
-    info = LoadInfo(checkpoint_format="in-memory " + "+".join(kinds), searched=list(formats))
+    info = LoadInfo(checkpoint_format="in-memory " + "+".join(kinds), searched=list(formats), weights="model")
     return searched, info
 
 
@@ -201,6 +209,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "folded_batchnorms": len(result.folded_batchnorms),
         "batchnorm_note": result.batchnorm_note,
         "onnx_ops": counts,
+        "onnx": onnx_file_facts(onnx_model, result.layers),
         "search_ops_left": leftover,
         "verification": verification,
         "tuning": tuning.to_json() if tuning else None,
@@ -232,6 +241,14 @@ def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.Mod
     return ort_check.to_json() | {"torch": torch_check.to_json(),
                                   "other_shapes": other_check.to_json() if other_check else None,
                                   "passed": all(check.passed for check in checks)}
+
+
+def onnx_file_facts(onnx_model: onnx.ModelProto, layers: list[LayerReport]) -> dict:
+    """What a serving process needs to know of ``model.onnx``: its I/O signature and its size."""
+    multi = sum(layer.lowering == "multi" for layer in layers)
+    note = (f"{multi} layer(s) lowered to one conv per branch hold one weight copy per branch, so the file is "
+            f"larger than the checkpoint" if multi else None)
+    return {**signature(onnx_model), "file_bytes": onnx_model.ByteSize(), "size_note": note}
 
 
 def other_shapes(shapes: list[tuple[int, ...]], dynamic_shape: bool) -> list[tuple[int, ...]]:

@@ -6,14 +6,47 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 
+from rfdeploy import __version__
 from rfdeploy.errors import RFDeployError, one_line
 
 COMMANDS = ("export", "build", "bench", "analyze", "models", "demo")
 
 
+def shows_default(action: argparse.Action) -> bool:
+    """Off (a flag), absent (None) and empty defaults say nothing; the help text explains those."""
+    default = action.default
+    return not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+
+
+def help_line(action: argparse.Action) -> str:
+    """An option's help with its default, unless the default is nothing to show or the help says it."""
+    text = action.help or ""
+    if "default" in text or not action.option_strings or not shows_default(action):
+        return text
+    return f"{text} (default: %(default)s)"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default; descriptions from the command modules' docstrings, paragraphs kept and
+    reST's double backticks dropped."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return help_line(action)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.replace("``", "").strip().split("\n\n")
+        return "\n\n".join(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent) for paragraph in paragraphs)
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """Usage mistakes as one ``rfdeploy: error:`` line and exit 2, like every other bad input."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"rfdeploy: error: {message} (see '{self.prog} --help')\n")
@@ -22,8 +55,10 @@ class OneLineErrors(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
         prog="rfdeploy",
-        description="Compile receptive-field-searched CNNs into exact plain-conv ONNX / TensorRT.",
+        description="Compile receptive-field-searched CNNs into exact plain-conv ONNX / TensorRT. Human output "
+                    "goes to stderr; --json output to stdout.",
     )
+    parser.add_argument("--version", action="version", version=f"rfdeploy {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                        parser_class=OneLineErrors)
     for name in COMMANDS:

@@ -71,8 +71,10 @@ def test_the_table_and_the_pictures(capsys, structure, tmp_path):
     argv = ["analyze", "--model", "test_analysis_cli:small_net", "--input-size", "8", "--structure",
             str(structure), "--plot", str(plot)]
     assert main(argv + ["--graph", str(graph)]) == 0
-    out = capsys.readouterr().out
-    assert "border layer: 2" in out and "RF before" in out and "receptive field: 9 (before search: 5)" in out
+    captured = capsys.readouterr()
+    assert captured.out == ""  # human output goes to stderr; stdout is for --json
+    err = captured.err
+    assert "border layer: 2" in err and "RF before" in err and "receptive field: 9 (before search: 5)" in err
     assert graph.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(argv + ["--graph", str(svg)]) == 0
     assert "<svg" in svg.read_text()

@@ -7,6 +7,7 @@ weights, saved as a checkpoint and loaded back by rfdeploy.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -300,8 +301,39 @@ def test_bench_command_table_shows_speedups(searched_tiny, capsys, monkeypatch):
                      "--input-shape", "1,3,16,16", "--backends", "torch", "--warmup", "1", "--iters", "2",
                      "--threads", "1", "--with-plain"])
     assert code == 0
-    out = capsys.readouterr().out
-    assert "searched" in out and "compiled" in out and "plain" in out and "x" in out
+    captured = capsys.readouterr()
+    assert captured.out == ""  # human output goes to stderr, table and footnotes alike
+    rows = {line.split("│")[2].strip(): line for line in captured.err.splitlines() if line.startswith("│ torch")}
+    assert set(rows) == {"searched", "compiled", "plain"}
+    assert "n/a" in rows["plain"] and "n/a" not in rows["compiled"]  # a cost reference: no errors to show
+    assert rows["compiled"].rstrip(" │").endswith("x")  # the speedup
+    assert "(2 searched layers)" in captured.err
+    assert "plain = each searched conv with only its largest-alpha branch" in captured.err
+
+
+def test_bench_json_has_no_errors_for_the_plain_cost_reference(searched_tiny, capsys, monkeypatch):
+    _, directory, _, structure = searched_tiny
+    monkeypatch.chdir(directory)
+    assert cli.main(["bench", "--model", f"{MODULE}:build", "--structure", str(structure), "--random-alphas", "1",
+                     "--input-shape", "1,3,16,16", "--backends", "torch", "--warmup", "1", "--iters", "1",
+                     "--threads", "1", "--with-plain", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {row["variant"]: row for row in data["results"]}
+    assert rows["plain"]["max_abs_err"] is None and rows["plain"]["max_rel_err"] is None
+    assert rows["compiled"]["max_abs_err"] < 1e-4
+    assert data["searched_layers"] == 2
+
+
+def test_bench_warns_when_threads_exceed_the_free_cores(searched_tiny, capsys, monkeypatch):
+    _, directory, _, structure = searched_tiny
+    monkeypatch.chdir(directory)
+    usable = len(os.sched_getaffinity(0))
+    assert cli.main(["bench", "--model", f"{MODULE}:build", "--structure", str(structure), "--random-alphas", "1",
+                     "--input-shape", "1,3,16,16", "--backends", "torch", "--warmup", "1", "--iters", "1",
+                     "--threads", str(usable + 1), "--json"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--threads" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"rfdeploy: warning: --threads {usable + 1}, but about ")
+    assert f"of the {usable} cores this process may use are free" in warnings[0]
 
 
 def test_bench_command_refuses_bad_input_in_one_line(searched_tiny, capsys, monkeypatch):

@@ -87,3 +87,22 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _tensor_signature(value: onnx.ValueInfoProto) -> dict:
+    tensor = value.type.tensor_type
+    dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return {"name": value.name, "dtype": dtype, "shape": dims}
+
+
+def signature(model: onnx.ModelProto) -> dict:
+    """The graph's inputs and outputs: name, dtype and dims (an int, or the name of a symbolic axis), and
+    the dynamic axes as ``torch.onnx.export`` takes them (``{name: {axis: symbol}}``)."""
+    weights = {initializer.name for initializer in model.graph.initializer}
+    inputs = [_tensor_signature(v) for v in model.graph.input if v.name not in weights]
+    outputs = [_tensor_signature(v) for v in model.graph.output]
+    dynamic = {io["name"]: {str(axis): dim for axis, dim in enumerate(io["shape"]) if not isinstance(dim, int)}
+               for io in inputs + outputs}
+    return {"inputs": inputs, "outputs": outputs,
+            "dynamic_axes": {name: axes for name, axes in dynamic.items() if axes}}

@@ -16,6 +16,7 @@ from torch import nn
 
 from rfdeploy.analysis import RFReport, analyze
 from rfdeploy.artifacts import check_output_file
+from rfdeploy.commands.common import MODEL_HELP, console, warn
 from rfdeploy.errors import RFDeployError
 
 STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproductive": "bold red", "global": "blue"}
@@ -24,15 +25,19 @@ STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproducti
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("analyze", help="receptive field of every layer; unproductive layers at an input size",
                                    description=__doc__)
-    parser.add_argument("--model", help="zoo name (see `rfdeploy models`) or package.module:callable returning the "
-                                        "plain nn.Module; optional with a checkpoint of a zoo architecture")
-    parser.add_argument("--ckpt", help="searched checkpoint (rates come from it and the structure file)")
-    parser.add_argument("--structure", help="structure JSON from the search: its rates alone are enough, no weights")
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--ckpt", help="searched checkpoint; rates come from it and the structure file "
+                                       "(default: none, the structure file's rates alone)")
+    parser.add_argument("--structure", help="structure JSON from the search: its rates alone are enough, no weights "
+                                            "(default: none, the plain network)")
     parser.add_argument("--input-size", type=parse_size, metavar="H[,W]",
-                        help="spatial input size the network will run at (T for 1-D models); zoo models have a default")
+                        help="spatial input size the network will run at, T for 1-D models (default: the zoo "
+                             "model's)")
     parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
-    parser.add_argument("--graph", metavar="FILE.svg|.png", help="draw the network, unproductive layers red, border orange")
-    parser.add_argument("--plot", metavar="FILE.png", help="plot receptive field against depth, before and after search")
+    parser.add_argument("--graph", metavar="FILE.svg|.png", help="draw the network, unproductive layers red, border orange "
+                                                                   "(default: no drawing)")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot receptive field against depth, before and after search "
+                                                         "(default: no plot)")
     parser.set_defaults(run=run)
 
 
@@ -86,6 +91,7 @@ def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[in
         from rfdeploy import api
 
         loaded = api.load(args.model, args.ckpt, args.structure)
+        warn(loaded.info.warnings)
         plain, default_shape = load_model(args.model or loaded.model_name)
         return loaded.model_name, plain, loaded.searched, None, default_shape
     plain, default_shape = load_model(args.model)
@@ -143,9 +149,6 @@ def _size(values) -> str:
 
 def print_report(name: str, before: RFReport, after: RFReport | None) -> None:
     report = after or before
-    console = Console()
-    if not console.is_terminal:  # piped or captured: no screen to wrap at
-        console = Console(width=max(console.width, 180))
     size = "x".join(map(str, report.input_size))
     table = Table(title=f"{name}{' after search' if after else ''}: receptive fields at input {size}",
                   header_style="bold")

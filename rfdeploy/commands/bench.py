@@ -11,16 +11,15 @@ import argparse
 import json
 import os
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rfdeploy import api
 from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
-from rfdeploy.commands.common import COUNT, SEED, add_model_arguments, console, require
+from rfdeploy.commands.common import COUNT, SEED, add_model_arguments, console, require, warn
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.bench import VARIANTS, BenchReport, bench, planned_ticks, randomize_alphas
+from rfdeploy.measure.bench import VARIANTS, BenchReport, bench, free_cores, planned_ticks, randomize_alphas
 
 
 def add_parser(subparsers) -> None:
@@ -28,18 +27,20 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--backends", default="torch,onnxruntime", type=parse_backends_arg,
-                        help=f"comma-separated, of: {', '.join(BACKENDS)} (default: torch,onnxruntime)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu")
+                        help=f"comma-separated, of: {', '.join(BACKENDS)}")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the backends run (cuda: one "
+                                                                          "NVIDIA GPU)")
     parser.add_argument("--warmup", type=COUNT, default=10, help="untimed runs of each variant first")
     parser.add_argument("--iters", type=COUNT, default=50, help="timed runs of each variant")
     parser.add_argument("--threads", type=COUNT, default=os.cpu_count() or 1,
-                        help="intra-op threads of PyTorch and onnxruntime (default: all cores)")
+                        help="intra-op threads of PyTorch and onnxruntime (default: all %(default)s cores)")
     parser.add_argument("--mode", choices=MODES, default="auto", help="lowering of the compiled variant")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
-                        help="choose each layer's lowering by timing it on this backend first")
+                        help="choose each layer's lowering by timing it on this backend first (default: the "
+                             "cost model of --mode)")
     parser.add_argument("--random-alphas", type=SEED, metavar="SEED",
-                        help="without --ckpt: draw every searched conv's alphas at random (timing does not "
-                             "depend on them)")
+                        help="without --ckpt: draw every searched conv's alphas at random, as timing does not "
+                             "depend on them (default: the structure file's equal initial alphas)")
     parser.add_argument("--with-plain", action="store_true",
                         help="also time the single-branch network of the same shape (a cost reference)")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random input")
@@ -58,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
                                                              "give --ckpt or --random-alphas, not both")
     check_backends(args.backends, args.device)
+    warn_of_busy_cores(args.threads, args.device)
     loaded = api.load(args.model, args.ckpt, args.structure)
+    warn(loaded.info.warnings)
     shapes = api.input_shapes_for(loaded, args.input_shapes)
     if args.random_alphas is not None:
         randomize_alphas(loaded.searched, args.random_alphas)
@@ -86,24 +89,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_of_busy_cores(threads: int, device: str) -> None:
+    free, usable, load = free_cores()
+    if device == "cpu" and threads > free:
+        warn([(f"--threads {threads}, but about {free} of the {usable} cores this process may use are free "
+               f"(1-minute load average {load:.1f}): threads that wait for a core can make PyTorch many "
+               f"times slower; try --threads {free}")])
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
 
 
+def error_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
+
+
 def print_table(report: BenchReport) -> None:
     speedups = report.speedups()
-    table = Table(title=f"{report.model} {report.input_shapes} on {report.device_name} ({report.device}, "
-                        f"{report.threads} threads, {report.iters} runs after {report.warmup} warm-up)")
+    table = Table(title=f"{report.model} ({report.searched_layers} searched layers) {report.input_shapes} on "
+                        f"{report.device_name} ({report.device}, {report.threads} threads, {report.iters} runs "
+                        f"after {report.warmup} warm-up)")
     for column in ("backend", "variant", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err", "max_rel_err",
                    "speedup"):
         table.add_column(column, justify="left" if column in ("backend", "variant") else "right")
     for r in report.results:
         speedup = f"{speedups[r.backend]:.3f}x" if r.variant == "compiled" and r.backend in speedups else ""
         table.add_row(r.backend, r.variant, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
-                      f"{r.throughput:.1f}", f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}", speedup)
-    out = Console()
-    if not out.is_terminal:  # piped: rich would fold the table to 80 columns
-        out = Console(width=132)
-    out.print(table)
+                      f"{r.throughput:.1f}", error_text(r.max_abs_err), error_text(r.max_rel_err), speedup)
+    console.print(table)
     console.print("speedup = searched p50 / compiled p50 on the same backend, timed interleaved in this run")
+    if any(r.variant == "plain" for r in report.results):
+        console.print("plain = each searched conv with only its largest-alpha branch: a cost reference, not the "
+                      "searched model, so its errors are n/a")

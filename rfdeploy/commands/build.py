@@ -43,15 +43,19 @@ def named_shape(text: str) -> trt_backend.NamedShape:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+SHAPE_DEFAULTS = {"min": "the opt shape", "max": "the opt shape",
+                  "opt": "the export's input shape, or the ONNX model's fixed dims"}
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The engine options shared by ``rfdeploy build`` and ``rfdeploy export --trt``."""
     parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (default: FP32 only)")
     parser.add_argument("--workspace", type=COUNT, default=4096, metavar="MB",
-                        help="TensorRT workspace memory limit in MiB (default: 4096)")
+                        help="TensorRT workspace memory limit in MiB")
     for bound in ("min", "opt", "max"):
         parser.add_argument(f"--{bound}-shape", action="append", type=named_shape, default=[], metavar="[NAME:]DIMS",
                             help=f"{bound} shape of a dynamic input for the optimization profile, e.g. "
-                                 f"input:1x3x224x224; repeat per input")
+                                 f"input:1x3x224x224; repeat per input (default: {SHAPE_DEFAULTS[bound]})")
     parser.add_argument("--timing-cache", type=Path, metavar="PATH",
                         help="TensorRT timing cache, read and updated (default: one per TensorRT version and GPU "
                              "under ~/.cache/rfdeploy/tensorrt)")

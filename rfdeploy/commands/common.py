@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -11,7 +12,18 @@ from rich.console import Console
 
 from rfdeploy.errors import RFDeployError
 
-console = Console(stderr=True)
+UNBOUNDED_WIDTH = 10_000
+
+
+def human_console() -> Console:
+    """Human output, on stderr (``--json`` goes to stdout). Outside a terminal (a log, a pipe) there is no
+    width to fit: lines and tables come out whole, never wrapped or cut at 80 columns."""
+    if Console(stderr=True).is_terminal:
+        return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True, width=UNBOUNDED_WIDTH)
+
+
+console = human_console()
 
 
 def number(kind: type = float, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
@@ -46,13 +58,18 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+MODEL_HELP = ("zoo name (see 'rfdeploy models') or package.module:callable returning the plain nn.Module "
+              "(default: recognised from the checkpoint when it holds a zoo architecture)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="zoo name (see `rfdeploy models`) or package.module:callable returning "
-                                        "the plain nn.Module; optional when the checkpoint is a zoo architecture")
-    parser.add_argument("--ckpt", help="searched checkpoint: mmengine .pth, bare state dict, or .safetensors")
-    parser.add_argument("--structure", help="structure JSON from the search (mmcv RFSearchHook, research, or G2L)")
+    parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--ckpt", help="searched checkpoint: mmengine .pth, bare state dict, or .safetensors "
+                                       "(default: none, and a zoo model's weights are random)")
+    parser.add_argument("--structure", help="structure JSON from the search: mmcv RFSearchHook, research, or G2L "
+                                            "(default: none; RFConv2d checkpoints need none)")
     parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes", metavar="N,C,H[,W]",
-                        help="input shape; repeat for several inputs (zoo models have a default)")
+                        help="input shape; repeat for several inputs (default: the zoo model's)")
 
 
 @contextmanager
@@ -65,3 +82,9 @@ def status(message: str):
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise RFDeployError(message)
+
+
+def warn(messages: list[str]) -> None:
+    """Each warning on one line of stderr, plain text (no markup, no wrapping), whatever else is printed."""
+    for message in messages:
+        print(f"rfdeploy: warning: {message}", file=sys.stderr)

@@ -46,8 +46,9 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("--workdir", default="rfdeploy-demo", help="where the demo's searched files go")
     parser.add_argument("--out", default="rfdeploy-demo/out", help="export output directory")
-    parser.add_argument("--input-shape", default="1,3,96,96")
-    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--input-shape", default="1,3,96,96", help="input shape of the export")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the made-up search: centre dilations and "
+                                                            "alphas")
     parser.set_defaults(run=run)
 
 

@@ -11,7 +11,7 @@ from rfdeploy import api
 from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands import build as build_command
-from rfdeploy.commands.common import SEED, TOLERANCE, add_model_arguments, console, number, status
+from rfdeploy.commands.common import SEED, TOLERANCE, add_model_arguments, console, number, status, warn
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
 
@@ -24,17 +24,18 @@ def add_parser(subparsers) -> None:
                         help="lowering of each searched conv: auto (cost model), multi (one conv per branch), "
                              "single (one merged conv where exact)")
     parser.add_argument("--opset", type=number(int, OPSETS.start, OPSETS.stop - 1), default=17,
-                        help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (default: 17)")
+                        help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1}")
     parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
     parser.add_argument("--dynamic-shape", action="store_true",
                         help="export with dynamic batch, height and width (length for 1-D); verified at the export "
                              "shape and at a second batch and size")
     parser.add_argument("--inputs", metavar="FILE.npz",
-                        help="also verify on these inputs (arrays by input name, or in order); without "
-                             "--input-shape the export takes their shape")
+                        help="also verify on these inputs (arrays by input name, or in order; without "
+                             "--input-shape the export takes their shape; default: seeded random inputs only)")
     parser.add_argument("--save-io", metavar="FILE.npz",
-                        help="write every verification input and the searched model's outputs on it")
-    parser.add_argument("--out", default="rfdeploy-out", help="output directory (default: ./rfdeploy-out)")
+                        help="write every verification input and the searched model's outputs on it "
+                             "(default: not written)")
+    parser.add_argument("--out", default="rfdeploy-out", help="output directory")
     parser.add_argument("--atol", type=TOLERANCE, default=1e-4, help="absolute tolerance of the verification")
     parser.add_argument("--rtol", type=TOLERANCE, default=1e-4, help="tolerance relative to each output's largest value")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each layer's lowering by timing the candidates on this backend "
                              "(torch, onnxruntime, onnxruntime-trt, tensorrt; e.g. onnxruntime or torch:cuda); "
-                             "timings go in the report")
+                             "timings go in the report (default: the cost model of --mode)")
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
                              "(needs pip install 'rfdeploy[trt]' and a GPU)")
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
                             save_io=args.save_io)
+    warn(result.report["load"]["warnings"])
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -83,18 +85,33 @@ def print_tuning(tuning: dict | None) -> None:
                   f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
 
 
+def print_onnx_facts(facts: dict) -> None:
+    def listed(tensors: list[dict]) -> str:
+        return ", ".join(f"{t['name']} {t['dtype']} [{', '.join(map(str, t['shape']))}]" for t in tensors)
+
+    console.print(f"model.onnx: {facts['file_bytes'] / 1e6:.1f} MB; inputs {listed(facts['inputs'])}; outputs "
+                  f"{listed(facts['outputs'])}")
+    if facts["size_note"]:
+        console.print(f"note: {facts['size_note']}")
+
+
+def dilation_text(rate: list[int]) -> str:
+    """``d=2`` when every dim has the same dilation, else ``(2, 1)``: never ``2x1``, which reads as a kernel."""
+    return f"d={rate[0]}" if len(set(rate)) == 1 else f"({', '.join(map(str, rate))})"
+
+
 def print_summary(result: api.ExportResult) -> None:
     report = result.report
     load = report["load"]
     if report["model_recognised"]:
         console.print(f"recognised architecture: [bold]{report['model']}[/bold]")
     table = Table(title=f"{report['model']}: {len(report['layers'])} searched layer(s)")
-    for column in ("layer", "rates", "alphas", "lowering"):
+    for column in ("layer", "branch dilations", "alphas |a|/sum|a|", "lowering"):
         table.add_column(column, overflow="fold")
     for layer in report["layers"]:
-        rates = " ".join("x".join(map(str, r)) for r in layer["rates"])
+        dilations = ", ".join(dilation_text(rate) for rate in layer["rates"])
         alphas = " ".join(f"{a:.3f}" for a in layer["alphas"])
-        table.add_row(layer["name"], rates, alphas, layer["lowering"])
+        table.add_row(layer["name"], dilations, alphas, layer["lowering"])
     console.print(table)
     if load["skipped_entries"]:
         console.print(f"skipped {len(load['skipped_entries'])} structure entries outside the deployed part "
@@ -112,7 +129,9 @@ def print_summary(result: api.ExportResult) -> None:
     if "error" not in field:
         console.print(f"receptive field {field['receptive_field']} at input {field['input_size']}; border layer "
                       f"{field['border_layer']}; {field['unproductive_layers']} unproductive layer(s), "
-                      f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs (rfdeploy analyze for details)")
+                      f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs: their input already sees the "
+                      f"whole image, so they add compute but no context (rfdeploy analyze for details)")
+    print_onnx_facts(report["onnx"])
     if result.engine is not None:
         check = Verification(**report["tensorrt"]["verification"])
         build_command.print_engine(result.engine, check, "the searched PyTorch forward")

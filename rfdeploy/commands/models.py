@@ -6,10 +6,10 @@ import argparse
 import json
 import math
 
-from rich.console import Console
 from rich.table import Table
 
 from rfdeploy import models
+from rfdeploy.commands.common import console
 from rfdeploy.loader.recognise import zoo_parameters
 
 
@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(row["name"], f"{row['params'] / 1e6:.2f}", "x".join(map(str, row["input_shape"])),
                       row["description"])
-    Console().print(table)
+    console.print(table)
     return 0

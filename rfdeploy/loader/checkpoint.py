@@ -13,6 +13,7 @@ import json
 import pickle
 import types
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -102,7 +103,41 @@ def state_dict_of(payload, path: Path) -> StateDict:
     return tensors
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How far training had got when the checkpoint was saved: completed epochs and iterations."""
+
+    epoch: int | None = None
+    iteration: int | None = None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mapping(container, key: str) -> dict:
+    value = container.get(key) if isinstance(container, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def progress_of(payload) -> TrainingProgress:
+    """mmengine's ``meta`` (``epoch``: completed epochs, ``iter``), else its message hub's runtime info,
+    whose ``epoch`` is the 0-based epoch that was running when the checkpoint was saved."""
+    meta, hub = _mapping(payload, "meta"), _mapping(payload, "message_hub")
+    runtime = _mapping(hub, "runtime_info")
+    epoch, iteration = _count(meta.get("epoch")), _count(meta.get("iter"))
+    running = _count(runtime.get("epoch"))
+    if epoch is None and running is not None:
+        epoch = running + 1
+    return TrainingProgress(epoch, iteration if iteration is not None else _count(runtime.get("iter")))
+
+
 def load_checkpoint(path: str | Path) -> StateDict:
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, TrainingProgress]:
+    """The checkpoint's weights and how far training had got when it was saved."""
     path = regular_file(path, "checkpoint file")
     try:
         with warnings.catch_warnings():  # torch warns about raw pickles; the error line must stay the only line
@@ -111,4 +146,4 @@ def load_checkpoint(path: str | Path) -> StateDict:
     except Exception as error:  # noqa: BLE001  # corrupt bytes reach torch, zipfile and pickle in many ways
         detail = first_line(error).split(". ")[0]
         raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
-    return state_dict_of(payload, path)
+    return state_dict_of(payload, path), progress_of(payload)

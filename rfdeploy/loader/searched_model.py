@@ -44,6 +44,8 @@ class LoadInfo:
     skipped_entries: list[str] = field(default_factory=list)
     ignored_keys: int = 0
     notes: list[str] = field(default_factory=list)
+    weights: str = "checkpoint"  # or "random" (a zoo model without --ckpt), "as built", "model" (in-memory ops)
+    warnings: list[str] = field(default_factory=list)  # what verification cannot catch (loader/provenance.py)
 
 
 MODEL_FORMS = "a zoo name (rfdeploy models), package.module:callable, or path/to/file.py:callable"
@@ -258,6 +260,9 @@ def _localise(model, convs, state, path, info) -> StateDict:
     info.checkpoint_component = prefix
     local = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     info.ignored_keys = len(state) - len(local)
+    if prefix and info.ignored_keys:
+        info.warnings.append(f"{path}: a larger network's checkpoint; {prefix[:-1]} only ({info.ignored_keys} "
+                             f"tensors of its other parts ignored); pass --model for the whole network")
     return local
 
 

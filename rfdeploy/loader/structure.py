@@ -29,6 +29,21 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class SearchStep:
+    """When mmcv's ``RFSearchHook`` wrote the file: it writes one at every ``interval``-th step below
+    ``max_step``, one step per training epoch (or iteration)."""
+
+    step: int
+    interval: int
+    max_step: int
+
+    def next_written(self) -> int | None:
+        """The step at which the search wrote the next structure file, if it wrote one."""
+        following = self.step + self.interval
+        return following if following < self.max_step else None
+
+
+@dataclass(frozen=True)
 class Structure:
     path: str
     format: str  # "mmcv" | "research" | "g2l"
@@ -37,6 +52,7 @@ class Structure:
     init_alpha: float
     spelling: dict[str, str]  # name without `module.` -> the key as the file writes it
     stale_entries: int = 0  # `module.` entries shadowed by a live unprefixed one
+    search_step: SearchStep | None = None
 
     def searched(self, name: str, kernel_size: R.Rate, stride: R.Rate, rule: str | None = None,
                  num_branches: int | None = None) -> Geometry:
@@ -172,4 +188,12 @@ def parse_structure(data, path: str | Path = "<structure dict>") -> Structure:
     centres, spelling, stale = _live_names(entries, path)
     if not centres:
         raise RFDeployError(f"{path}: names no layers")
-    return Structure(str(path), fmt, expansion, centres, init_alpha, spelling, stale)
+    return Structure(str(path), fmt, expansion, centres, init_alpha, spelling, stale, _search_step(config))
+
+
+def _search_step(config: dict) -> SearchStep | None:
+    step, interval, max_step = (config.get(key) for key in ("step", "search_interval", "max_step"))
+    if (isinstance(step, int) and isinstance(interval, int) and isinstance(max_step, int) and interval >= 1
+            and not any(isinstance(v, bool) for v in (step, interval, max_step))):
+        return SearchStep(step, interval, max_step)
+    return None

@@ -10,6 +10,7 @@ same inputs.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +124,7 @@ def torch_settings(threads: int) -> Iterator[None]:
 class Variant:
     name: str
     model: nn.Module
+    exact: bool = True  # computes the searched function; else a cost reference, whose errors mean nothing
     onnx_model: onnx.ModelProto | None = None  # exported once, shared by the ONNX backends
 
     def onnx_for(self, example: list[torch.Tensor]) -> onnx.ModelProto:
@@ -134,7 +136,7 @@ class Variant:
 
 def variants(searched: nn.Module, compiled: nn.Module, with_plain: bool = False) -> list[Variant]:
     chosen = [Variant("searched", searched), Variant("compiled", compiled)]
-    return chosen + [Variant("plain", plain_model(searched))] if with_plain else chosen
+    return chosen + [Variant("plain", plain_model(searched), exact=False)] if with_plain else chosen
 
 
 # --- the benchmark ------------------------------------------------------------------------------------
@@ -150,8 +152,8 @@ class BenchResult:
     mean_ms: float
     min_ms: float
     throughput: float  # inputs per second at the median latency
-    max_abs_err: float
-    max_rel_err: float
+    max_abs_err: float | None  # None for a cost reference (not an exact model)
+    max_rel_err: float | None
     iters: int
 
 
@@ -165,6 +167,7 @@ class BenchReport:
     warmup: int
     iters: int
     versions: dict[str, str]
+    searched_layers: int = 0
     results: list[BenchResult] = field(default_factory=list)
     compile: dict = field(default_factory=dict)
 
@@ -199,12 +202,12 @@ def bench_backend(backend: str, chosen: list[Variant], inputs: list[torch.Tensor
             runners[variant.name] = open_runners.enter_context(
                 make_runner(backend, variant.model, inputs, device, threads, onnx_model))
             runners[variant.name].load(inputs)
-        errors = {}
-        for name, runner in runners.items():
-            tick(f"{backend}: checking {name}")
-            runner.run()
-            comparison = compare(runner.fetch(), expected)
-            errors[name] = (comparison.max_abs, comparison.max_rel)
+        errors: dict[str, tuple[float | None, float | None]] = {}
+        for variant in chosen:
+            tick(f"{backend}: checking {variant.name}")
+            runners[variant.name].run()
+            comparison = compare(runners[variant.name].fetch(), expected)
+            errors[variant.name] = (comparison.max_abs, comparison.max_rel) if variant.exact else (None, None)
         samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device,
                                    lambda text: tick(f"{backend}: {text}"))
     batch = int(inputs[0].shape[0])
@@ -228,13 +231,26 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
     inputs = random_inputs(input_shapes, seed)
     expected = reference_outputs(searched, inputs)
     report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
-                         warmup, iters, versions())
+                         warmup, iters, versions(), len(compiled.layers))
     report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
                       "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
     with torch_settings(threads):
         for backend in backends:
             report.results += bench_backend(backend, chosen, inputs, expected, device, threads, warmup, iters, tick)
     return report
+
+
+def free_cores() -> tuple[int, int, float]:
+    """``(free, usable, load)``: about how many of the cores this process may use are idle.
+
+    ``usable`` is the affinity mask (what a container or taskset allows, often fewer than the machine's
+    cores); ``load`` is the 1-minute load average, the machine's runnable tasks. It counts every core
+    while the mask may not, so ``usable - load`` (at least 1) errs towards too few free cores: a warning
+    too many costs nothing, while intra-op threads that wait for a core slow PyTorch down many times.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, round(usable - load)), usable, load
 
 
 def randomize_alphas(searched: nn.Module, seed: int) -> int:
