@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     for drawing in (args.graph, args.plot):
         if drawing:
             check_output_file(drawing)
-    name, plain, searched, rates, default_shape = _load(args)
+    name, plain, searched, rates, default_shape, warnings = _load(args)
     size = _input_size(args.input_size, default_shape, plain)
+    warn(warnings)
     channels = default_shape[1] if default_shape else None
     before = analyze(plain, size, in_channels=channels)
     after = None
@@ -83,20 +84,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None]:
-    """``(name, plain model, searched model or None, searched rates or None, default input shape)``."""
+def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None, list[str]]:
+    """``(name, plain model, searched model or None, searched rates or None, default input shape, warnings)``."""
     from rfdeploy.loader.searched_model import load_model, structure_rates
 
     if args.ckpt is not None:
         from rfdeploy import api
 
         loaded = api.load(args.model, args.ckpt, args.structure)
-        warn(loaded.info.warnings)
         plain, default_shape = load_model(args.model or loaded.model_name)
-        return loaded.model_name, plain, loaded.searched, None, default_shape
+        return loaded.model_name, plain, loaded.searched, None, default_shape, loaded.info.warnings
     plain, default_shape = load_model(args.model)
     rates = structure_rates(plain, args.structure) if args.structure else None
-    return args.model, plain, None, rates, default_shape
+    return args.model, plain, None, rates, default_shape, []
 
 
 def _input_size(given: tuple[int, ...] | None, default_shape, model: nn.Module) -> tuple[int, ...]:

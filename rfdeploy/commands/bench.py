@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
     require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
                                                              "give --ckpt or --random-alphas, not both")
     check_backends(args.backends, args.device)
-    warn_of_busy_cores(args.threads, args.device)
     loaded = api.load(args.model, args.ckpt, args.structure)
-    warn(loaded.info.warnings)
     shapes = api.input_shapes_for(loaded, args.input_shapes)
+    warn(loaded.info.warnings)  # once the input is known good: a bad one gets its one error line alone
+    warn_of_busy_cores(args.threads, args.device)
     if args.random_alphas is not None:
         randomize_alphas(loaded.searched, args.random_alphas)
     variant_count = len(VARIANTS) + int(args.with_plain)
