@@ -1,7 +1,7 @@
 """Branch rates and paddings, re-derived from a centre dilation exactly as each search did.
 
 mmcv >= 2 is checked against mmcv-lite's own ``Conv2dRFSearchOp``; the research format and G2L against
-their expansion rules transcribed here from the original code (shared/FORMATS.md 2 and 4), and every
+their expansion rules transcribed here from the original code (docs/formats.md 2 and 4), and every
 format on hand-derived literals whose rounding ties make ``floor(v + 0.5)`` give a different answer.
 """
 

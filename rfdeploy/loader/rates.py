@@ -2,7 +2,7 @@
 
 The rates are not stored in checkpoints; they come back from the centre dilation by the search's own
 expansion rule, rounding included. Python's ``round`` (ties to even) is part of the rule: ``round(2.5)``
-is 2, and ``floor(v + 0.5)`` would silently change dilations. See shared/FORMATS.md.
+is 2, and ``floor(v + 0.5)`` would silently change dilations. See docs/formats.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Structure files: which convs were searched, around which centre dilation, with which search space.
 
-Three formats (shared/FORMATS.md): mmcv >= 2 (``search.num_branches``), the older research format
+Three formats (docs/formats.md): mmcv >= 2 (``search.num_branches``), the older research format
 (``search.S``) and G2L (``global`` / ``model``). Names lose the ``module.`` that distributed training
 adds; where a file holds a layer under both spellings, the unprefixed (live) entry wins.
 """
