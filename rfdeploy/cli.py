@@ -62,13 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                        parser_class=OneLineErrors)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"rfdeploy.commands.{name}")
-        except ModuleNotFoundError as error:  # a command not written yet
-            if error.name != f"rfdeploy.commands.{name}":
-                raise
-            continue
-        module.add_parser(subparsers)
+        importlib.import_module(f"rfdeploy.commands.{name}").add_parser(subparsers)
     return parser
 
 

@@ -108,3 +108,28 @@ def test_optional_module_imports_on_first_use_and_names_the_install():
         hollow.require()
     present = OptionalModule("json", "unused")
     assert present.dumps([1]) == "[1]" and present.available()
+
+
+def test_zoo_names_come_from_the_builders_and_are_taken_once():
+    from rfdeploy import models
+
+    entries = models.entries()
+    assert [entry.name for entry in entries] == [entry.builder.__name__ for entry in entries]
+
+    def resnet50():
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="zoo model 'resnet50' is registered twice: in rfdeploy.models.resnet"):
+        models.register(input_shape=(1, 3, 8, 8), description="a second one")(resnet50)
+    assert models.get("resnet50").builder.__module__ == "rfdeploy.models.resnet"
+
+
+def test_a_zoo_file_or_command_that_fails_to_import_is_an_error_not_a_gap(monkeypatch):
+    from rfdeploy import cli, models
+
+    monkeypatch.setattr(models, "_MODULES", (*models._MODULES, "no_such_zoo_file"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_zoo_file"):
+        models.entries()
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "no_such_command"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_command"):
+        cli.build_parser()

@@ -29,10 +29,14 @@ _REGISTRY: dict[str, ZooEntry] = {}
 _MODULES = ("convnext", "resnet", "res2net", "hrnet", "pvt", "mstcn")
 
 
-def register(name: str, input_shape: tuple[int, ...], description: str, component: str = "backbone"):
-    """Decorator: add a zero-argument builder to the zoo under ``name``."""
+def register(input_shape: tuple[int, ...], description: str, component: str = "backbone"):
+    """Decorator: add a zero-argument builder to the zoo under its own name; a name is taken once."""
 
     def add(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"zoo model '{name}' is registered twice: in {_REGISTRY[name].builder.__module__} "
+                             f"and in {builder.__module__}")
         _REGISTRY[name] = ZooEntry(name, builder, tuple(input_shape), description, component)
         return builder
 
@@ -41,11 +45,7 @@ def register(name: str, input_shape: tuple[int, ...], description: str, componen
 
 def _load_all() -> None:
     for module in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as error:  # a zoo file not written yet
-            if error.name != f"{__name__}.{module}":
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def entries() -> list[ZooEntry]:

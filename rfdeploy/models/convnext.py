@@ -116,7 +116,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register("convnext_tiny", input_shape=(1, 3, 224, 224), description="mmpretrain ConvNeXt arch tiny")
+@register(input_shape=(1, 3, 224, 224), description="mmpretrain ConvNeXt arch tiny")
 def convnext_tiny() -> nn.Module:
     # mmdet's ConvNeXt-T detector configs set layer_scale_init_value=1.0 (not mmpretrain's 1e-6), which
     # also keeps every depthwise conv visible in the output of a randomly initialised model.

@@ -20,74 +20,9 @@ import torch
 from torch import nn
 
 from rfdeploy.models import register
-
-
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """mmdet ``BasicBlock``: two 3x3 convs and an identity (or projected) shortcut."""
-
-    expansion = 1
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
-
-
-class Bottleneck(nn.Module):
-    """mmdet ``Bottleneck`` (pytorch style: the stride sits on the 3x3 conv)."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        out_channels = channels * self.expansion
-        self.conv1 = conv1x1(in_channels, channels)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = conv3x3(channels, channels, stride)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv3 = conv1x1(channels, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
-
+from rfdeploy.models.blocks import BasicBlock, Bottleneck, conv1x1, conv3x3, make_blocks
 
 BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {"BASIC": BasicBlock, "BOTTLENECK": Bottleneck}
-
-
-def make_blocks(block, in_channels: int, channels: int, num_blocks: int, stride: int = 1) -> nn.Sequential:
-    """A run of residual blocks; the first one projects its shortcut when the shape changes."""
-    out_channels = channels * block.expansion
-    downsample = None
-    if stride != 1 or in_channels != out_channels:
-        downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
-    layers = [block(in_channels, channels, stride, downsample)]
-    layers += [block(out_channels, channels) for _ in range(1, num_blocks)]
-    return nn.Sequential(*layers)
 
 
 def conv_bn(in_channels: int, out_channels: int, stride: int, relu: bool) -> nn.Sequential:
@@ -267,6 +202,6 @@ def init_weights(model: nn.Module) -> None:
                         last_conv.weight.mul_(RESIDUAL_SCALE)
 
 
-@register("hrnet_w18", input_shape=(1, 3, 224, 224), description="mmdet HRNet, HRNetV2p-W18 extra")
+@register(input_shape=(1, 3, 224, 224), description="mmdet HRNet, HRNetV2p-W18 extra")
 def hrnet_w18() -> nn.Module:
     return HRNet(HRNETV2P_W18)

@@ -91,7 +91,7 @@ class MultiStageModel(nn.Module):
         return torch.stack(outputs, dim=0)
 
 
-@register("mstcn", input_shape=(1, 2048, 1000), description="MS-TCN as searched by G2L", component="")
+@register(input_shape=(1, 2048, 1000), description="MS-TCN as searched by G2L", component="")
 def mstcn() -> nn.Module:
     """Breakfast settings (48 classes, I3D features): G2L's main.py defaults for the model."""
     return MultiStageModel(num_stages=4, num_layers=10, num_f_maps=64, dim=2048, num_classes=48)

@@ -185,6 +185,6 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-@register("pvt_v2_b0", input_shape=(1, 3, 224, 224), description="mmdet PyramidVisionTransformerV2 b0")
+@register(input_shape=(1, 3, 224, 224), description="mmdet PyramidVisionTransformerV2 b0")
 def pvt_v2_b0() -> nn.Module:
     return PyramidVisionTransformerV2(embed_dims=32, num_layers=(2, 2, 2, 2))

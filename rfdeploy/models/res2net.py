@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from rfdeploy.models import register
-from rfdeploy.models.resnet import ResNet, conv1x1, conv3x3, randomize_weights
+from rfdeploy.models.blocks import conv1x1, conv3x3
+from rfdeploy.models.resnet import ResNet, randomize_weights
 
 
 class Bottle2neck(nn.Module):
@@ -126,11 +127,11 @@ class Res2Net(ResNet):
         )
 
 
-@register("res2net50", input_shape=(1, 3, 224, 224), description="mmdet Res2Net depth 50, 26w4s")
+@register(input_shape=(1, 3, 224, 224), description="mmdet Res2Net depth 50, 26w4s")
 def res2net50() -> nn.Module:
     return randomize_weights(Res2Net(depth=50))
 
 
-@register("res2net101", input_shape=(1, 3, 224, 224), description="mmdet Res2Net depth 101, 26w4s")
+@register(input_shape=(1, 3, 224, 224), description="mmdet Res2Net depth 101, 26w4s")
 def res2net101() -> nn.Module:
     return randomize_weights(Res2Net(depth=101))

@@ -12,62 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rfdeploy.models import register
-
-
-def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
-
-
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_channels,
-        out_channels,
-        kernel_size=3,
-        stride=stride,
-        padding=dilation,
-        dilation=dilation,
-        bias=False,
-    )
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand, plus the shortcut."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    @property
-    def last_norm(self) -> nn.BatchNorm2d:
-        """The norm closing the residual branch (what mmdet's ``zero_init_residual`` zeroes)."""
-        return self.bn3
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-def make_res_layer(inplanes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-    """mmdet ``ResLayer`` (avg_down=False): the first block changes width / resolution, the rest keep it."""
-    outplanes = planes * Bottleneck.expansion
-    downsample = None
-    if stride != 1 or inplanes != outplanes:
-        downsample = nn.Sequential(conv1x1(inplanes, outplanes, stride), nn.BatchNorm2d(outplanes))
-    blocks = [Bottleneck(inplanes, planes, stride, downsample)]
-    blocks += [Bottleneck(outplanes, planes) for _ in range(1, num_blocks)]
-    return nn.Sequential(*blocks)
+from rfdeploy.models.blocks import Bottleneck, make_blocks
 
 
 class ResNet(nn.Module):
@@ -114,7 +59,7 @@ class ResNet(nn.Module):
         return self.relu(self.bn1(self.conv1(x)))
 
     def make_res_layer(self, inplanes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        return make_res_layer(inplanes, planes, num_blocks, stride)
+        return make_blocks(Bottleneck, inplanes, planes, num_blocks, stride)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         x = self.maxpool(self.forward_stem(x))
@@ -176,6 +121,6 @@ def calibrate_batchnorm(model: nn.Module, batch: Tensor) -> None:
             norm.num_batches_tracked.zero_()
 
 
-@register("resnet50", input_shape=(1, 3, 224, 224), description="mmdet ResNet depth 50, style pytorch")
+@register(input_shape=(1, 3, 224, 224), description="mmdet ResNet depth 50, style pytorch")
 def resnet50() -> nn.Module:
     return randomize_weights(ResNet(depth=50))
