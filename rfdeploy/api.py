@@ -18,6 +18,7 @@ from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_na
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import LayerReport, compile_model
+from rfdeploy.compiler.rewrite_onnx import compile_graph
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader import recognise
 from rfdeploy.loader.checkpoint import (
@@ -28,12 +29,15 @@ from rfdeploy.loader.checkpoint import (
     state_dict_of,
 )
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
+from rfdeploy.loader.onnx_graph import read_onnx
 from rfdeploy.loader.provenance import note_provenance, weights_origin
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
+from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
+from rfdeploy.measure.verify_onnx import verify_graphs
 
 FAILED_REPORT = "failed-report.json"
 
@@ -289,11 +293,64 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None,
 
 
 def _write(result: ExportResult) -> None:
-    report = json.dumps(result.report, indent=2).encode()
-    if result.passed:
-        engine = result.engine.files("model.engine") if result.engine else {}
-        result.written = write_all(result.out_dir, {"model.onnx": result.onnx_model.SerializeToString(),
-                                                    "report.json": report, **engine})
-        (result.out_dir / FAILED_REPORT).unlink(missing_ok=True)  # an earlier failure no longer describes DIR
+    engine = result.engine.files("model.engine") if result.engine else {}
+    result.written = _write_model(result.out_dir, result.passed, result.onnx_model, result.report, engine)
+
+
+def _write_model(out_dir: Path, passed: bool, onnx_model: onnx.ModelProto, report: dict,
+                 extra: dict[str, bytes] | None = None) -> list[Path]:
+    """``model.onnx`` and ``report.json`` (and ``extra``) when verified, else only the failed report."""
+    text = json.dumps(report, indent=2).encode()
+    if passed:
+        written = write_all(out_dir, {"model.onnx": onnx_model.SerializeToString(), "report.json": text,
+                                      **(extra or {})})
+        (out_dir / FAILED_REPORT).unlink(missing_ok=True)  # an earlier failure no longer describes DIR
+        return written
+    return write_all(out_dir, {FAILED_REPORT: text})
+
+
+@dataclass
+class OptimizeResult:
+    report: dict
+    onnx_model: onnx.ModelProto
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["verification"]["passed"])
+
+
+def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str = "auto",
+             input_shapes: list[tuple[int, ...]] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
+             seed: int = 0, choices: dict[str, str] | None = None, write: bool = True,
+             progress=None) -> OptimizeResult:
+    """ONNX in, ONNX out: every searched conv of the graph lowered to plain convs, everything else kept.
+
+    The rewritten graph is verified in onnxruntime against the input graph (the whole graph, or each
+    rewritten subgraph where onnxruntime cannot run the whole) and written as ``DIR/model.onnx`` with
+    ``DIR/report.json`` only when it passes; otherwise ``DIR/failed-report.json``. A graph without a
+    searched conv is written as it was, with a note.
+    """
+    step = progress or (lambda message: None)
+    step("reading the graph")
+    original = read_onnx(onnx_path)
+    step("finding and lowering searched convs")
+    result = compile_graph(original, mode, choices)
+    report: dict = {"input": str(onnx_path), "mode": mode, "layers": [asdict(layer) for layer in result.layers],
+                    "left_alone": [asdict(layer) for layer in result.left_alone], "note": None,
+                    "onnx_ops": {"before": op_counts(original), "after": op_counts(result.model)}}
+    if not result.layers:
+        report["note"] = f"no searched conv rewritten in {onnx_path}: the graph is written as it was"
+        report["verification"] = {"scope": "nothing rewritten", "passed": True}
+        optimized = OptimizeResult(report, original, Path(out))
     else:
-        result.written = write_all(result.out_dir, {FAILED_REPORT: report})
+        step("verifying in onnxruntime")
+        shapes = graph_input_shapes(original, input_shapes, str(onnx_path))
+        boundaries = [(layer.name, layer.input, layer.output) for layer in result.layers]
+        report["verification"] = verify_graphs(original, result.model, shapes, boundaries, str(onnx_path),
+                                               atol, rtol, seed)
+        optimized = OptimizeResult(report, result.model, Path(out))
+    if write:
+        optimized.written = _write_model(optimized.out_dir, optimized.passed, optimized.onnx_model, report)
+    return optimized

@@ -1,0 +1,70 @@
+"""``rfdeploy optimize``: ONNX in, ONNX out. Every searched conv in a graph from any exporter lowered to
+exact plain convs, every other node left as it is, verified in onnxruntime against the input graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from rfdeploy import api
+from rfdeploy.commands.common import console, parse_shape, status
+from rfdeploy.compiler.passes.choose_lowering import MODES
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("optimize", help="lower the searched convs of an ONNX graph, leave the rest",
+                                   description=__doc__)
+    parser.add_argument("onnx", metavar="IN.onnx", help="an ONNX graph holding searched convs "
+                                                        "(torch.onnx of a searched model, mmdeploy's end2end.onnx)")
+    parser.add_argument("--out", default="rfdeploy-out", help="output directory (default: ./rfdeploy-out)")
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="lowering of each searched conv: auto (cost model), multi (one conv per branch), "
+                             "single (one merged conv where exact)")
+    parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes",
+                        metavar="N,C,H[,W]", help="the shape to verify at, one per graph input in order; "
+                                                  "needed where the graph's inputs have dynamic dims")
+    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the verification")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with status("rfdeploy optimize") as progress:
+        result = api.optimize(args.onnx, args.out, args.mode, args.input_shapes, args.atol, args.rtol, args.seed,
+                              progress=progress)
+    if args.json:
+        print(json.dumps(result.report, indent=2))
+    else:
+        print_summary(result)
+    return 0 if result.passed else 1
+
+
+def print_summary(result: api.OptimizeResult) -> None:
+    report = result.report
+    if report["note"]:
+        console.print(f"note: {report['note']}")
+    else:
+        table = Table(title=f"{report['input']}: {len(report['layers'])} searched conv(s) rewritten")
+        for column in ("layer", "rates", "alphas", "lowering", "BatchNorm folded"):
+            table.add_column(column, overflow="fold")
+        for layer in report["layers"]:
+            rates = " ".join("x".join(map(str, r)) for r in layer["rates"])
+            alphas = " ".join(f"{a:.3f}" for a in layer["alphas"])
+            table.add_row(layer["name"], rates, alphas, layer["lowering"], layer["batchnorm"] or "-")
+        console.print(table)
+    for layer in report["left_alone"]:
+        console.print(f"left alone: {layer['name']}: {layer['reason']}")
+    check = report["verification"]
+    if "max_abs_err" in check:
+        verdict = "[green]PASSED[/green]" if check["passed"] else "[red]FAILED[/red]"
+        console.print(f"verification vs the input graph ({check['backend']}, {check['scope']}, input shapes "
+                      f"{check['input_shapes']}): max_abs_err {check['max_abs_err']:.3g}, "
+                      f"max_rel_err {check['max_rel_err']:.3g}: {verdict}")
+        if "whole_graph_not_run" in check:
+            console.print(f"onnxruntime cannot run the whole graph ({check['whole_graph_not_run']})")
+    for path in result.written:
+        console.print(f"wrote {path}")
