@@ -37,6 +37,7 @@ from test_formats import (
     set_child,
     write_json,
 )
+from test_mmcv_search import searched_run
 from torch import nn
 
 from rfdeploy import api, cli
@@ -113,7 +114,7 @@ def test_mmcv_searched_model_exported_by_torch_onnx(tmp_path, fold, mode):
     for name, op in ops_by_name.items():  # mmcv's own rates and alphas, read off its live ops
         layer = layers["layer2/" + name]
         assert [tuple(r) for r in layer["rates"]] == [tuple(r) for r in op.dilation_rates]
-        np.testing.assert_allclose(layer["alphas"], normalized(op.branch_weights.detach()), atol=1e-6)
+        np.testing.assert_allclose(layer["alphas"], normalized(op.branch_weights.detach()[: len(op.dilation_rates)]), atol=1e-6)
         assert all(node.startswith(f"/layer2/{name}/") for node in layer["nodes"][:3])
     # the BatchNorm after layer2.0 folds into it (layer2.0 is followed by BN; the others by convs)
     assert layers["layer2/layer2.0"]["batchnorm"] == "/layer2/layer2.1/BatchNormalization"
@@ -126,6 +127,28 @@ def test_mmcv_searched_model_exported_by_torch_onnx(tmp_path, fold, mode):
     assert_equals_forward(written, reference)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["layers"] == result.report["layers"] and saved["verification"]["passed"] is True
+
+
+def test_trained_mmcv_search_with_a_residual_around_a_searched_conv(tmp_path):
+    # RFSearchHook's own search: trained, rates estimated and expanded, trained again; the searched
+    # depthwise conv sits inside ``x + depthwise(x)``: only its own sum is the searched conv
+    model, _, _ = searched_run(tmp_path, num_branches=3, distributed=False)
+    searched = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dRFSearchOp)}
+    shape = (2, 3, 20, 28)
+    graph = to_onnx(model, shape, fold=True)
+
+    result = optimize(tmp_path, graph)
+
+    assert result.passed, result.report["verification"]
+    layers = {layer["name"]: layer for layer in result.report["layers"]}
+    assert set(layers) == {name.replace(".", "/") for name in searched}
+    for name, op in searched.items():
+        layer = layers[name.replace(".", "/")]
+        assert [tuple(r) for r in layer["rates"]] == [tuple(r) for r in op.dilation_rates]
+        np.testing.assert_allclose(layer["alphas"], normalized(op.branch_weights.detach()[: len(op.dilation_rates)]), atol=1e-6)
+    assert ops(result.onnx_model).count("Add") >= 1  # the residual stays
+    assert not {"Abs", "ReduceSum", "Div", "Gather", "Mul"} & set(ops(result.onnx_model))
+    assert_equals_forward(result.onnx_model, model, shape)
 
 
 def test_untouched_nodes_stay_exactly_as_they_were(tmp_path):
