@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from rfdeploy.compiler.ir import Branch, ConvIR
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 
 SUM_OPS = ("Add", "Sum")
 
@@ -256,8 +256,7 @@ def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model = onnx.load(os.fspath(path))
     except Exception as error:  # noqa: BLE001  # protobuf, OS and onnx errors alike
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
-        raise RFDeployError(f"cannot read ONNX model '{path}': {reason}") from None
+        raise RFDeployError(f"cannot read ONNX model '{path}': {first_line(error)}") from None
     if not model.graph.node:
         raise RFDeployError(f"cannot read ONNX model '{path}': it holds no graph nodes")
     return model

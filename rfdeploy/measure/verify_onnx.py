@@ -14,9 +14,9 @@ import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.onnx_graph import import_graph
-from rfdeploy.measure.verify import random_inputs, run_once, verify
+from rfdeploy.measure.verify import Reference, verify
 
 BACKEND = "onnxruntime-cpu"
 Shape = tuple[int, ...]
@@ -120,17 +120,16 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
                   seed: int = 0) -> dict:
     """``rewritten`` against ``original``; ``boundaries`` are (layer, input, output) of each rewrite."""
     try:
-        reference = _runner(original)
+        reference = Reference(_runner(original))
     except Exception as error:  # noqa: BLE001  # onnxruntime raises several types for graphs it cannot load
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
-        return _each_subgraph(original, rewritten, shapes, boundaries, reason, atol, rtol, seed)
+        return _each_subgraph(original, rewritten, shapes, boundaries, first_line(error, 300), atol, rtol, seed)
     try:
-        run_once(reference, random_inputs(shapes, seed))
+        reference.outputs(shapes, seed)
     except Exception as error:  # noqa: BLE001
         written = " ".join(",".join(map(str, shape)) for shape in shapes)
         raise RFDeployError(f"{source} does not run in onnxruntime on input shape {written}: "
-                            f"{str(error).strip().splitlines()[0][:200]}") from None
-    check = verify(_runner(rewritten), reference, shapes, BACKEND, atol, rtol, seed)
+                            f"{first_line(error)}") from None
+    check = verify(_runner(rewritten), reference, shapes, atol, rtol, seed)
     return {"scope": "whole graph", **check.to_json()}
 
 
@@ -147,7 +146,7 @@ def _each_subgraph(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes
             continue
         shape = known[start]
         check = verify(_runner(subgraph(rewritten, start, end, shape)),
-                       _runner(subgraph(original, start, end, shape)), [shape], BACKEND, atol, rtol, seed)
+                       _runner(subgraph(original, start, end, shape)), [shape], atol, rtol, seed)
         checks.append({"layer": layer, "input": start, "output": end, **check.to_json()})
     return {"scope": "each rewritten subgraph", "whole_graph_not_run": reason, **_worst(checks, atol, rtol, seed),
             "input_shapes": [list(s) for s in shapes], "subgraphs": checks}
