@@ -324,29 +324,39 @@ class OptimizeResult:
 def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str = "auto",
              input_shapes: list[tuple[int, ...]] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
              seed: int = 0, choices: dict[str, str] | None = None, write: bool = True,
-             progress=None) -> OptimizeResult:
+             progress=None, tune: str | None = None) -> OptimizeResult:
     """ONNX in, ONNX out: every searched conv of the graph lowered to plain convs, everything else kept.
 
     The rewritten graph is verified in onnxruntime against the input graph (the whole graph, or each
     rewritten subgraph where onnxruntime cannot run the whole) and written as ``DIR/model.onnx`` with
     ``DIR/report.json`` only when it passes; otherwise ``DIR/failed-report.json``. A graph without a
-    searched conv is written as it was, with a note.
+    searched conv is written as it was, with a note. ``tune`` (``BACKEND[:DEVICE]``) chooses each layer's
+    lowering by timing its candidates at its input shape, as ``export`` does.
     """
     step = progress or (lambda message: None)
     step("reading the graph")
     original = read_onnx(onnx_path)
+    shapes = graph_input_shapes(original, input_shapes, str(onnx_path)) if tune else None
+    tuning = None
+    if tune and shapes:
+        from rfdeploy.measure.tune_onnx import tune_graph
+
+        step(f"timing each searched conv's lowerings on {tune}")
+        tuning = tune_graph(original, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))
+        choices = {**tuning.choices, **(choices or {})}
     step("finding and lowering searched convs")
     result = compile_graph(original, mode, choices)
     report: dict = {"input": str(onnx_path), "mode": mode, "layers": [asdict(layer) for layer in result.layers],
                     "left_alone": [asdict(layer) for layer in result.left_alone], "note": None,
-                    "onnx_ops": {"before": op_counts(original), "after": op_counts(result.model)}}
+                    "onnx_ops": {"before": op_counts(original), "after": op_counts(result.model)},
+                    "tuning": tuning.to_json() if tuning else None}
     if not result.layers:
         report["note"] = f"no searched conv rewritten in {onnx_path}: the graph is written as it was"
         report["verification"] = {"scope": "nothing rewritten", "passed": True}
         optimized = OptimizeResult(report, original, Path(out))
     else:
         step("verifying in onnxruntime")
-        shapes = graph_input_shapes(original, input_shapes, str(onnx_path))
+        shapes = shapes or graph_input_shapes(original, input_shapes, str(onnx_path))
         boundaries = [(layer.name, layer.input, layer.output) for layer in result.layers]
         report["verification"] = verify_graphs(original, result.model, shapes, boundaries, str(onnx_path),
                                                atol, rtol, seed)

@@ -270,6 +270,21 @@ def test_g2l_conv1d_with_relu_inside_each_branch(tmp_path, fold):
     assert_equals_forward(written, reference, shape)
 
 
+def test_tune_chooses_each_layers_lowering_by_timing_it(tmp_path):
+    reference = mmcv_hook_reference(seeded(TinyBackbone, 1), write_json(tmp_path / "s.json", MMCV_STRUCTURE),
+                                    "fixed_multi_branch")
+    result = optimize(tmp_path, to_onnx(reference, SHAPE, fold=True), tune="onnxruntime")
+    assert result.passed, result.report["verification"]
+    tuning = result.report["tuning"]
+    assert tuning["backend"] == "onnxruntime"
+    chosen = {layer["name"]: layer["chosen"] for layer in tuning["layers"]}
+    layers = {layer["name"]: layer for layer in result.report["layers"]}
+    assert set(chosen) == set(layers)
+    for layer in tuning["layers"]:  # timed at the shape the searched conv sees in the graph
+        assert layer["input_shape"][:2] == [2, 8] and set(layer["median_ms"]) == {"single", "multi", "searched"}
+        assert layers[layer["name"]]["lowering"] == layer["chosen"]
+
+
 # ---------------------------------------------------------------- look-alikes are left alone
 
 class LookAlike(nn.Module):

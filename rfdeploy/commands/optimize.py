@@ -10,6 +10,7 @@ from rich.table import Table
 
 from rfdeploy import api
 from rfdeploy.commands.common import console, parse_shape, status
+from rfdeploy.commands.export import print_tuning
 from rfdeploy.compiler.passes.choose_lowering import MODES
 
 
@@ -28,6 +29,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the verification")
     parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
+                        help="choose each searched conv's lowering by timing the candidates at its input shape "
+                             "on this backend (as for export); timings go in the report")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 
@@ -35,7 +39,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     with status("rfdeploy optimize") as progress:
         result = api.optimize(args.onnx, args.out, args.mode, args.input_shapes, args.atol, args.rtol, args.seed,
-                              progress=progress)
+                              progress=progress, tune=args.tune)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -66,5 +70,6 @@ def print_summary(result: api.OptimizeResult) -> None:
                       f"max_rel_err {check['max_rel_err']:.3g}: {verdict}")
         if "whole_graph_not_run" in check:
             console.print(f"onnxruntime cannot run the whole graph ({check['whole_graph_not_run']})")
+    print_tuning(report["tuning"])
     for path in result.written:
         console.print(f"wrote {path}")

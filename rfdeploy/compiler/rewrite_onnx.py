@@ -15,8 +15,7 @@ from torch import nn
 
 from rfdeploy.compiler.emit_onnx import Namer, emit
 from rfdeploy.compiler.ir import NotApplicable, to_module
-from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
-from rfdeploy.compiler.pipeline import lower_layer
+from rfdeploy.compiler.pipeline import lower_layer, run_model_passes
 from rfdeploy.loader.onnx_graph import BatchNormParams, GraphSearchedConv, find_searched_convs, import_graph
 
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -80,12 +79,12 @@ def _batchnorm_module(params: BatchNormParams, spatial_dims: int, dtype: torch.d
 
 
 def _fold(module: nn.Module, layer: GraphSearchedConv) -> tuple[nn.Module, bool]:
-    """``module`` with the BatchNorm after the sum folded in, by the PyTorch path's own rule, where it can."""
+    """``module`` with the BatchNorm after the sum folded in by the PyTorch path's model passes, where it can."""
     if layer.batchnorm is None:
         return module, False
     weight = layer.ir.branches[0].weight
     pair = nn.Sequential(module, _batchnorm_module(layer.batchnorm, weight.dim() - 2, weight.dtype)).eval()
-    _, folded, _ = fold_batchnorm(pair)
+    folded, _ = run_model_passes(pair)[1]["fold_batchnorm"]
     return pair[0], bool(folded)
 
 

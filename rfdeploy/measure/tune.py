@@ -14,6 +14,7 @@ such median is kept.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -138,21 +139,28 @@ def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, devic
                        chosen)
 
 
-def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], backend: str, warmup: int = 3,
-                   iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
-                   tick: Tick | None = None) -> TuningResult:
-    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
+def tune_layers(layers: Iterable[tuple[str, SearchedConv, tuple]], backend: str, warmup: int = 3, iters: int = 15,
+                threads: int | None = None, sessions: int = 3, tick: Tick | None = None) -> TuningResult:
+    """Per (name, searched layer, its input shape) with two exact lowerings, the one that ran fastest."""
     backend, device = parse_target(backend)
     threads = threads or torch.get_num_threads()
     tick = tick or (lambda text: None)
-    shapes = layer_input_shapes(searched, input_shapes, seed)
     result = TuningResult(backend, device, device_name(device), threads, warmup, iters, sessions)
     with torch_settings(threads):
-        for name, layer in searched_layers(searched):
-            if name not in shapes:  # not on the forward path of this input
-                continue
-            timing = time_layer(name, layer, shapes[name], backend, device, threads, warmup, iters, sessions)
+        for name, layer, shape in layers:
+            timing = time_layer(name, layer, shape, backend, device, threads, warmup, iters, sessions)
             if timing is not None:
                 result.layers.append(timing)
                 tick(f"{name}: {timing.chosen}")
     return result
+
+
+def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], backend: str, warmup: int = 3,
+                   iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
+                   tick: Tick | None = None) -> TuningResult:
+    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
+    parse_target(backend)  # an unknown or unusable backend fails before the model runs
+    shapes = layer_input_shapes(searched, input_shapes, seed)
+    layers = [(name, layer, shapes[name]) for name, layer in searched_layers(searched)
+              if name in shapes]  # not on the forward path of this input otherwise
+    return tune_layers(layers, backend, warmup, iters, threads, sessions, tick)
