@@ -334,6 +334,8 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
     lowering by timing its candidates at its input shape, as ``export`` does.
     """
     step = progress or (lambda message: None)
+    if write:  # a bad output folder fails now, not after the work
+        check_output_dir(out, ("model.onnx", "report.json", FAILED_REPORT))
     step("reading the graph")
     original = read_onnx(onnx_path)
     shapes = graph_input_shapes(original, input_shapes, str(onnx_path)) if tune else None

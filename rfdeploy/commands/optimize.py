@@ -9,7 +9,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.commands.common import console, parse_shape, status
+from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, status
 from rfdeploy.commands.export import print_tuning
 from rfdeploy.compiler.passes.choose_lowering import MODES
 
@@ -26,9 +26,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes",
                         metavar="N,C,H[,W]", help="the shape to verify at, one per graph input in order; "
                                                   "needed where the graph's inputs have dynamic dims")
-    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance of the verification")
-    parser.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to each output's largest value")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    parser.add_argument("--atol", type=TOLERANCE, default=1e-4, help="absolute tolerance of the verification")
+    parser.add_argument("--rtol", type=TOLERANCE, default=1e-4, help="tolerance relative to each output's largest value")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each searched conv's lowering by timing the candidates at its input shape "
                              "on this backend (as for export); timings go in the report")
