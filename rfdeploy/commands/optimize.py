@@ -25,13 +25,13 @@ def add_parser(subparsers) -> None:
                              "single (one merged conv where exact)")
     parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes",
                         metavar="N,C,H[,W]", help="the shape to verify at, one per graph input in order; "
-                                                  "needed where the graph's inputs have dynamic dims")
+                                                  "needed where the graph's inputs have dynamic dims (default: the graph's own)")
     parser.add_argument("--atol", type=TOLERANCE, default=1e-4, help="absolute tolerance of the verification")
     parser.add_argument("--rtol", type=TOLERANCE, default=1e-4, help="tolerance relative to each output's largest value")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each searched conv's lowering by timing the candidates at its input shape "
-                             "on this backend (as for export); timings go in the report")
+                             "on this backend (as for export); timings go in the report (default: the cost model of --mode)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 
