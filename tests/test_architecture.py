@@ -133,3 +133,14 @@ def test_a_zoo_file_or_command_that_fails_to_import_is_an_error_not_a_gap(monkey
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "no_such_command"))
     with pytest.raises(ModuleNotFoundError, match="no_such_command"):
         cli.build_parser()
+
+
+def test_commands_share_arguments_through_common_not_through_each_other():
+    graph = import_graph()
+    commands = [name for name in graph if name.startswith("rfdeploy.commands.")]
+    for name in commands:
+        others = {target for target in graph[name] if target in commands} - {"rfdeploy.commands.common"}
+        if name == "rfdeploy.commands.demo":  # runs `rfdeploy export` as a user would
+            assert others == {"rfdeploy.commands.export"}
+        else:
+            assert not others, f"{name} imports {others}"

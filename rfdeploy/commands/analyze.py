@@ -16,7 +16,7 @@ from torch import nn
 
 from rfdeploy.analysis import RFReport, analyze
 from rfdeploy.artifacts import check_output_file
-from rfdeploy.commands.common import MODEL_HELP, console, warn
+from rfdeploy.commands.common import MODEL_HELP, console, parse_size, warn
 from rfdeploy.errors import RFDeployError
 
 STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproductive": "bold red", "global": "blue"}
@@ -39,16 +39,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="plot receptive field against depth, before and after search "
                                                          "(default: no plot)")
     parser.set_defaults(run=run)
-
-
-def parse_size(text: str) -> tuple[int, ...]:
-    try:
-        size = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 800,1333") from None
-    if not size or min(size) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 224 or 800,1333 (all >= 1)")
-    return size
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,9 +18,15 @@ import onnx
 from rfdeploy.artifacts import check_output_file, write_all
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
-from rfdeploy.commands.common import COUNT, SEED, TOLERANCE, console
+from rfdeploy.commands.common import (
+    SEED,
+    TOLERANCE,
+    add_engine_arguments,
+    console,
+    engine_request,
+    print_engine,
+)
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.verify import Verification
 
 
 def add_parser(subparsers) -> None:
@@ -34,46 +40,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     add_engine_arguments(parser)
     parser.set_defaults(run=run)
-
-
-def named_shape(text: str) -> trt_backend.NamedShape:
-    try:
-        return trt_backend.parse_named_shape(text)
-    except RFDeployError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-SHAPE_DEFAULTS = {"min": "the opt shape", "max": "the opt shape",
-                  "opt": "the export's input shape, or the ONNX model's fixed dims"}
-
-
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine options shared by ``rfdeploy build`` and ``rfdeploy export --trt``."""
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (default: FP32 only)")
-    parser.add_argument("--workspace", type=COUNT, default=4096, metavar="MB",
-                        help="TensorRT workspace memory limit in MiB")
-    for bound in ("min", "opt", "max"):
-        parser.add_argument(f"--{bound}-shape", action="append", type=named_shape, default=[], metavar="[NAME:]DIMS",
-                            help=f"{bound} shape of a dynamic input for the optimization profile, e.g. "
-                                 f"input:1x3x224x224; repeat per input (default: {SHAPE_DEFAULTS[bound]})")
-    parser.add_argument("--timing-cache", type=Path, metavar="PATH",
-                        help="TensorRT timing cache, read and updated (default: one per TensorRT version and GPU "
-                             "under ~/.cache/rfdeploy/tensorrt)")
-
-
-def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
-    if args.workspace < 1:
-        raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
-    options = trt_backend.BuildOptions("fp16" if args.fp16 else "fp32", args.workspace, args.timing_cache)
-    return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)
-
-
-def print_engine(built: trt_backend.BuiltEngine, check: Verification, against: str) -> None:
-    sidecar = built.sidecar
-    verdict = "[green]PASSED[/green]" if check.passed else "[red]FAILED[/red]"
-    console.print(f"TensorRT {sidecar.tensorrt_version} engine on {sidecar.gpu_name} ({sidecar.precision}) vs "
-                  f"{against} at {check.input_shapes}: max_abs_err {check.max_abs_err:.3g}, "
-                  f"max_rel_err {check.max_rel_err:.3g} (atol {check.atol:g}, rtol {check.rtol:g}): {verdict}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Arguments and printing shared by the commands that load a searched model."""
+"""Arguments and printing shared by the commands: the model (``--model/--ckpt/--structure/--input-shape``),
+the TensorRT engine (``--fp16``, ``--workspace``, the profile shapes), and shapes written ``1,3,224,224``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import math
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 
+from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.verify import Verification
 
 UNBOUNDED_WIDTH = 10_000
 
@@ -48,14 +52,25 @@ SEED = number(int, low=0, high=2**32 - 1)  # numpy's seed range
 COUNT = number(int, low=1)
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
+def parse_dims(text: str, kind: str, example: str, layout: str, least: int = 1) -> tuple[int, ...]:
+    """``"1,3,224,224"`` or ``"1x3x224x224"`` -> ``(1, 3, 224, 224)``: at least ``least`` dims, all >= 1."""
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+        dims = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224") from None
-    if len(shape) < 2 or any(n < 1 for n in shape):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a shape like 1,3,224,224 (N,C,H[,W], all >= 1)")
-    return shape
+        raise argparse.ArgumentTypeError(f"'{text}' is not a {kind} like {example}") from None
+    if len(dims) < least or any(n < 1 for n in dims):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a {kind} like {example} ({layout}all >= 1)")
+    return dims
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """An input shape, ``N,C,H[,W]``."""
+    return parse_dims(text, "shape", "1,3,224,224", "N,C,H[,W], ", least=2)
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """A spatial input size, ``H[,W]`` (``T`` for 1-d models)."""
+    return parse_dims(text, "size", "224 or 800,1333", "")
 
 
 MODEL_HELP = ("zoo name (see 'rfdeploy models') or package.module:callable returning the plain nn.Module "
@@ -70,6 +85,46 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                                             "(default: none; RFConv2d checkpoints need none)")
     parser.add_argument("--input-shape", action="append", type=parse_shape, dest="input_shapes", metavar="N,C,H[,W]",
                         help="input shape; repeat for several inputs (default: the zoo model's)")
+
+
+def named_shape(text: str) -> trt_backend.NamedShape:
+    try:
+        return trt_backend.parse_named_shape(text)
+    except RFDeployError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+SHAPE_DEFAULTS = {"min": "the opt shape", "max": "the opt shape",
+                  "opt": "the export's input shape, or the ONNX model's fixed dims"}
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine options shared by ``rfdeploy build`` and ``rfdeploy export --trt``."""
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (default: FP32 only)")
+    parser.add_argument("--workspace", type=COUNT, default=4096, metavar="MB",
+                        help="TensorRT workspace memory limit in MiB")
+    for bound in ("min", "opt", "max"):
+        parser.add_argument(f"--{bound}-shape", action="append", type=named_shape, default=[], metavar="[NAME:]DIMS",
+                            help=f"{bound} shape of a dynamic input for the optimization profile, e.g. "
+                                 f"input:1x3x224x224; repeat per input (default: {SHAPE_DEFAULTS[bound]})")
+    parser.add_argument("--timing-cache", type=Path, metavar="PATH",
+                        help="TensorRT timing cache, read and updated (default: one per TensorRT version and GPU "
+                             "under ~/.cache/rfdeploy/tensorrt)")
+
+
+def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
+    if args.workspace < 1:
+        raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
+    options = trt_backend.BuildOptions("fp16" if args.fp16 else "fp32", args.workspace, args.timing_cache)
+    return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)
+
+
+def print_engine(built: trt_backend.BuiltEngine, check: Verification, against: str) -> None:
+    sidecar = built.sidecar
+    verdict = "[green]PASSED[/green]" if check.passed else "[red]FAILED[/red]"
+    console.print(f"TensorRT {sidecar.tensorrt_version} engine on {sidecar.gpu_name} ({sidecar.precision}) vs "
+                  f"{against} at {check.input_shapes}: max_abs_err {check.max_abs_err:.3g}, "
+                  f"max_rel_err {check.max_rel_err:.3g} (atol {check.atol:g}, rtol {check.rtol:g}): {verdict}")
 
 
 @contextmanager

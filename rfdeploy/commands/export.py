@@ -10,8 +10,18 @@ from rich.table import Table
 from rfdeploy import api
 from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
-from rfdeploy.commands import build as build_command
-from rfdeploy.commands.common import SEED, TOLERANCE, add_model_arguments, console, number, status, warn
+from rfdeploy.commands.common import (
+    SEED,
+    TOLERANCE,
+    add_engine_arguments,
+    add_model_arguments,
+    console,
+    engine_request,
+    number,
+    print_engine,
+    status,
+    warn,
+)
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
 
@@ -47,7 +57,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
                              "(needs pip install 'rfdeploy[trt]' and a GPU)")
-    build_command.add_engine_arguments(parser)
+    add_engine_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -62,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     engine = None
     if args.trt:  # fail before the export, not after it
         require_tensorrt()
-        engine = build_command.engine_request(args)
+        engine = engine_request(args)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
@@ -134,7 +144,7 @@ def print_summary(result: api.ExportResult) -> None:
     print_onnx_facts(report["onnx"])
     if result.engine is not None:
         check = Verification(**report["tensorrt"]["verification"])
-        build_command.print_engine(result.engine, check, "the searched PyTorch forward")
+        print_engine(result.engine, check, "the searched PyTorch forward")
     if report["search_ops_left"]:
         console.print(f"[red]search ops left in the graph: {report['search_ops_left']}[/red]")
     for path in result.written:

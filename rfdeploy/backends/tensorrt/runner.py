@@ -34,6 +34,7 @@ def verify_engine(built: BuiltEngine, reference: Reference | nn.Module | Runner,
     with TrtRunner(built.engine, f"tensorrt-{built.sidecar.precision}") as engine:
         return verify(engine, reference, shapes, atol, rtol, seed)
 
+
 def load_engine_bytes(engine_path: str | Path) -> bytes:
     """The engine's bytes, after its sidecar has been checked against this machine."""
     check_setup(read_sidecar(engine_path), current_setup(), engine_path)
