@@ -225,6 +225,16 @@ def test_bad_out_fails_in_one_line_before_any_work(files, capsys, case):
     assert not (files.root / "outs" / "a-file" / "out").exists()
 
 
+def test_save_io_under_a_file_fails_before_any_work(files, capsys):
+    (files.root / "a-file").write_text("x")
+    truncated = files.root / "half.pth"
+    truncated.write_bytes(files.ckpt.read_bytes()[:100])
+    target = files.root / "a-file" / "io.npz"
+    code, err = run_main(files.args(ckpt=truncated) + ["--save-io", str(target)], capsys)
+    assert_one_line_error(code, err, str(files.root / "a-file"))
+    assert "half.pth" not in err
+
+
 def test_outputs_follow_the_umask_and_a_success_removes_an_old_failed_report(files, capsys, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
