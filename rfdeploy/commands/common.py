@@ -143,3 +143,11 @@ def warn(messages: list[str]) -> None:
     """Each warning on one line of stderr, plain text (no markup, no wrapping), whatever else is printed."""
     for message in messages:
         print(f"rfdeploy: warning: {message}", file=sys.stderr)
+
+
+def print_tuning(tuning: dict | None) -> None:
+    if not tuning:
+        return
+    chosen = [layer["chosen"] for layer in tuning["layers"]]
+    console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
+                  f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")

@@ -19,6 +19,7 @@ from rfdeploy.commands.common import (
     engine_request,
     number,
     print_engine,
+    print_tuning,
     status,
     warn,
 )
@@ -85,14 +86,6 @@ def run(args: argparse.Namespace) -> int:
         print_summary(result)
         print_tuning(result.report.get("tuning"))
     return 0 if result.passed else 1
-
-
-def print_tuning(tuning: dict | None) -> None:
-    if not tuning:
-        return
-    chosen = [layer["chosen"] for layer in tuning["layers"]]
-    console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
-                  f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
 
 
 def print_onnx_facts(facts: dict) -> None:

@@ -9,8 +9,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, status
-from rfdeploy.commands.export import print_tuning
+from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, print_tuning, status
 from rfdeploy.compiler.passes.choose_lowering import MODES
 
 
