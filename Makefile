@@ -27,6 +27,8 @@ $(READY): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	# type stubs only: TensorRT itself cannot be installed here (its metapackage downloads from NVIDIA)
 	$(PIP) install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	# a real tritonserver (only the Python backend) for tests/test_triton.py; --no-deps: its numpy<2 pin
+	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(READY)
 
 torch-cpu:

@@ -38,6 +38,7 @@ from rfdeploy.measure.io_files import save_io as write_io
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
 from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
 from rfdeploy.measure.verify_onnx import verify_graphs
+from rfdeploy.serve import triton as triton_repository
 
 FAILED_REPORT = "failed-report.json"
 
@@ -133,6 +134,7 @@ class ExportResult:
     compiled: nn.Module
     out_dir: Path
     engine: trt_backend.BuiltEngine | None = None
+    triton: triton_repository.RepositoryPlan | None = None
     written: list[Path] = field(default_factory=list)
 
     @property
@@ -145,13 +147,15 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            out: str | Path = "rfdeploy-out", atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0,
            choices: dict[str, str] | None = None, write: bool = True, progress=None,
            tune: str | None = None, engine: trt_backend.EngineRequest | None = None, dynamic_shape: bool = False,
-           inputs: str | Path | None = None, save_io: str | Path | None = None) -> ExportResult:
+           inputs: str | Path | None = None, save_io: str | Path | None = None,
+           triton: triton_repository.TritonRequest | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
     searched forward too (report key ``tensorrt``). ``DIR/model.onnx``, ``DIR/report.json`` (and the
     engine with its sidecar) are replaced only when every verification passes; a failing run writes
-    ``DIR/failed-report.json`` and leaves earlier outputs untouched.
+    ``DIR/failed-report.json`` and leaves earlier outputs untouched. With ``triton``, the verified model (the
+    engine where one was built) also goes into that Triton model repository (report key ``triton``).
 
     ``dynamic_shape`` makes batch and spatial dims symbolic (``dynamic_batch``: the batch only); a dynamic
     export is verified at a second shape too (``verification.other_shapes``). ``inputs`` (an .npz) adds the
@@ -227,6 +231,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed
+    if triton is not None and verification["passed"]:
+        served = triton_repository.served_export(onnx_model, exported.engine, tuning)
+        exported.triton = triton_repository.plan_repository(triton, served)
+        report["triton"] = exported.triton.to_json()
     if write:
         _write(exported)
     return exported
@@ -293,8 +301,9 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None,
 
 
 def _write(result: ExportResult) -> None:
+    served = triton_repository.write_repository(result.triton) if result.passed and result.triton else []
     engine = result.engine.files("model.engine") if result.engine else {}
-    result.written = _write_model(result.out_dir, result.passed, result.onnx_model, result.report, engine)
+    result.written = _write_model(result.out_dir, result.passed, result.onnx_model, result.report, engine) + served
 
 
 def _write_model(out_dir: Path, passed: bool, onnx_model: onnx.ModelProto, report: dict,

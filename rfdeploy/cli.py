@@ -11,7 +11,7 @@ import textwrap
 from rfdeploy import __version__
 from rfdeploy.errors import RFDeployError, one_line
 
-COMMANDS = ("export", "optimize", "build", "bench", "analyze", "models", "demo")
+COMMANDS = ("export", "optimize", "build", "triton", "bench", "analyze", "models", "demo")
 
 
 def shows_default(action: argparse.Action) -> bool:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.verify import Verification
+from rfdeploy.serve import triton as triton_repository
 
 UNBOUNDED_WIDTH = 10_000
 
@@ -151,3 +152,40 @@ def print_tuning(tuning: dict | None) -> None:
     chosen = [layer["chosen"] for layer in tuning["layers"]]
     console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
                   f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
+
+
+TRITON_EXPORT_ONLY = ("triton_name", "max_batch", "instances", "kind")
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """How Triton batches and places the model; shared with ``rfdeploy export --triton``."""
+    parser.add_argument("--max-batch", type=number(int, low=0), metavar="N",
+                        help=f"Triton max_batch_size for a dynamic-batch model "
+                             f"(default {triton_repository.DEFAULT_MAX_BATCH}, "
+                             f"or an engine's profile maximum; 0: no batching)")
+    parser.add_argument("--instances", type=COUNT, metavar="K", help="model instances Triton runs (default 1)")
+    parser.add_argument("--kind", choices=triton_repository.KINDS,
+                        help="where the instances run (default: gpu for a TensorRT engine, else cpu)")
+
+
+def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--triton", metavar="REPO", help="also write the verified model into this Triton model "
+                                                         "repository (a new version if the model is there already)")
+    parser.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the model's)")
+    add_serving_arguments(parser)
+
+
+def triton_request_of(args: argparse.Namespace, repo: str, name: str) -> triton_repository.TritonRequest:
+    return triton_repository.TritonRequest(Path(repo), name, args.max_batch,
+                                1 if args.instances is None else args.instances, args.kind)
+
+
+def triton_request(args: argparse.Namespace) -> triton_repository.TritonRequest | None:
+    """``rfdeploy export``'s ``--triton*`` options, checked before the export runs."""
+    if args.triton is None:
+        given = [name for name in TRITON_EXPORT_ONLY if getattr(args, name) is not None]
+        if given:
+            raise RFDeployError(f"--{given[0].replace('_', '-')} needs --triton REPO")
+        return None
+    name = args.triton_name or triton_repository.default_name(str(args.model or "model"))
+    return triton_request_of(args, args.triton, name)

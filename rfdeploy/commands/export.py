@@ -15,12 +15,14 @@ from rfdeploy.commands.common import (
     TOLERANCE,
     add_engine_arguments,
     add_model_arguments,
+    add_triton_arguments,
     console,
     engine_request,
     number,
     print_engine,
     print_tuning,
     status,
+    triton_request,
     warn,
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
@@ -59,6 +61,7 @@ def add_parser(subparsers) -> None:
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
                              "(needs pip install 'rfdeploy[trt]' and a GPU)")
     add_engine_arguments(parser)
+    add_triton_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -74,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
     if args.trt:  # fail before the export, not after it
         require_tensorrt()
         engine = engine_request(args)
+    triton = triton_request(args)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
-                            save_io=args.save_io)
+                            save_io=args.save_io, triton=triton)
     warn(result.report["load"]["warnings"])
     if args.json:
         print(json.dumps(result.report, indent=2))

@@ -1,0 +1,61 @@
+"""``rfdeploy triton``: an exported ONNX model or built TensorRT engine -> a Triton Inference Server model
+repository, ``REPO/NAME/config.pbtxt`` and ``REPO/NAME/V/model.onnx`` (or ``model.plan`` and its sidecar).
+
+The config follows the model's ONNX signature: names, data types, dims (-1 where symbolic; without the
+batch dim where Triton batches). A dynamic-batch model gets ``max_batch_size`` and dynamic batching, a
+static one ``max_batch_size: 0`` with full dims. Exporting again under the same name adds a version; a
+different model under that name is refused. Start Triton on REPO (see the README) to serve it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
+from rfdeploy.commands.common import COUNT, add_serving_arguments, console, triton_request_of
+from rfdeploy.errors import RFDeployError
+from rfdeploy.serve import triton
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("triton", help="write a Triton model repository for an ONNX model or engine",
+                                   description=__doc__)
+    parser.add_argument("model", help="the verified model: DIR/model.onnx or DIR/model.engine (with its sidecar)")
+    parser.add_argument("--repo", required=True, help="the Triton model repository folder")
+    parser.add_argument("--name", help="model name in the repository (default: the model file's name)")
+    parser.add_argument("--onnx", help="for an engine: the ONNX model it was built from (default: ENGINE with .onnx)")
+    parser.add_argument("--threads", type=COUNT, help="onnxruntime intra-op threads per instance (default: "
+                                                    "onnxruntime's); rfdeploy export --tune onnxruntime reports them")
+    add_serving_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> triton.ServedModel:
+    if not path.is_file():
+        raise RFDeployError(f"{path}: no such model file")
+    if path.suffix == ".onnx":
+        return triton.served_onnx(path.read_bytes(), str(path), threads)
+    if path.suffix in (".engine", ".plan"):
+        onnx_path = onnx_path or path.with_suffix(".onnx")
+        if not onnx_path.is_file():
+            raise RFDeployError(f"{path}: the ONNX model it was built from is needed for its signature; "
+                                f"{onnx_path} does not exist (give --onnx)")
+        return triton.served_engine(path.read_bytes(), read_sidecar(path), sidecar_path(path).read_bytes(),
+                                    onnx_path.read_bytes(), str(onnx_path))
+    raise RFDeployError(f"{path}: not an ONNX model (.onnx) or TensorRT engine (.engine, .plan)")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    wanted = triton_request_of(args, args.repo, triton.default_name(path.stem) if args.name is None else args.name)
+    served = served_model(path, Path(args.onnx) if args.onnx else None, args.threads)
+    plan = triton.plan_repository(wanted, served)
+    print_plan(plan, triton.write_repository(plan))
+    return 0
+
+
+def print_plan(plan: triton.RepositoryPlan, written: list[Path]) -> None:
+    console.print(f"Triton model '{plan.model_dir.name}' version {plan.version} in {plan.model_dir.parent}:")
+    for path in written:
+        console.print(f"wrote {path}")

@@ -1,0 +1,1 @@
+"""Serving: model repositories for inference servers."""
