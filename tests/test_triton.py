@@ -21,10 +21,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cli_util import MODEL, Files, assert_one_line_error, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from test_cli_errors import MODEL, Files, assert_one_line_error, run_main
 
 import rfdeploy
 from rfdeploy import cli
@@ -108,6 +108,9 @@ def test_export_with_a_dynamic_batch_writes_a_batching_onnxruntime_model(in_root
     assert cli.main(args) == 0
     version = repo / "tiny" / "1"
     assert sorted(p.name for p in version.iterdir()) == ["model.onnx"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert version.stat().st_mode & 0o777 == 0o777 & ~umask  # Triton may run as another user
     assert (version / "model.onnx").read_bytes() == (tmp_path / "out" / "model.onnx").read_bytes()
     config = parse((repo / "tiny" / "config.pbtxt").read_text())
     assert (config.name, config.platform, config.max_batch_size) == ("tiny", "onnxruntime_onnx", 4)
