@@ -161,17 +161,19 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     """How Triton batches and places the model; shared with ``rfdeploy export --triton``."""
     parser.add_argument("--max-batch", type=number(int, low=0), metavar="N",
                         help=f"Triton max_batch_size for a dynamic-batch model "
-                             f"(default {triton_repository.DEFAULT_MAX_BATCH}, "
+                             f"(default: {triton_repository.DEFAULT_MAX_BATCH}, "
                              f"or an engine's profile maximum; 0: no batching)")
-    parser.add_argument("--instances", type=COUNT, metavar="K", help="model instances Triton runs (default 1)")
+    parser.add_argument("--instances", type=COUNT, metavar="K", help="model instances Triton runs (default: 1)")
     parser.add_argument("--kind", choices=triton_repository.KINDS,
                         help="where the instances run (default: gpu for a TensorRT engine, else cpu)")
 
 
 def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--triton", metavar="REPO", help="also write the verified model into this Triton model "
-                                                         "repository (a new version if the model is there already)")
-    parser.add_argument("--triton-name", metavar="NAME", help="model name in the repository (default: the model's)")
+                                                         "repository (a new version if the model is there already; "
+                                                         "default: none)")
+    parser.add_argument("--triton-name", metavar="NAME",
+                        help="model name in the repository (default: the model's name)")
     add_serving_arguments(parser)
 
 

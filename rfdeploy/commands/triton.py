@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("triton", help="write a Triton model repository for an ONNX model or engine",
                                    description=__doc__)
     parser.add_argument("model", help="the verified model: DIR/model.onnx or DIR/model.engine (with its sidecar)")
-    parser.add_argument("--repo", required=True, help="the Triton model repository folder")
+    parser.add_argument("--repo", required=True, help="the Triton model repository folder (required, no default)")
     parser.add_argument("--name", help="model name in the repository (default: the model file's name)")
     parser.add_argument("--onnx", help="for an engine: the ONNX model it was built from (default: ENGINE with .onnx)")
     parser.add_argument("--threads", type=COUNT, help="onnxruntime intra-op threads per instance (default: "
