@@ -189,5 +189,7 @@ def triton_request(args: argparse.Namespace) -> triton_repository.TritonRequest 
         if given:
             raise RFDeployError(f"--{given[0].replace('_', '-')} needs --triton REPO")
         return None
-    name = args.triton_name or triton_repository.default_name(str(args.model or "model"))
+    name = args.triton_name
+    if name is None:
+        name = triton_repository.default_name(str(args.model or "model"))
     return triton_request_of(args, args.triton, name)
