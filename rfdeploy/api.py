@@ -64,11 +64,12 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     """
     state, progress = _checkpoint(ckpt)
     parsed = _structure(structure)
+    ckpt_name = source_name(ckpt, "state dict")
     recognised = model is None
     if recognised:
         if state is None:
             raise RFDeployError("--model is needed when no checkpoint is given")
-        model = recognise.zoo_model_of(state, source_name(ckpt, "state dict"))
+        model = recognise.zoo_model_of(state, ckpt_name)
     if isinstance(model, str):
         plain, default_shape = load_model(model)
         name = model
@@ -79,8 +80,8 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     shapes = [tuple(default_shape)] if default_shape else None
     if search_ops(plain):
         return Loaded(*_adopt(plain, name, state is not None or parsed is not None), name, shapes, recognised)
-    searched, info = build_searched(plain, parsed, state, source_name(ckpt, "state dict"))
-    note_provenance(info, weights_origin(model, state is not None), parsed, progress, source_name(ckpt, "state dict"))
+    searched, info = build_searched(plain, parsed, state, ckpt_name)
+    note_provenance(info, weights_origin(model, state is not None), parsed, progress, ckpt_name)
     return Loaded(searched, info, name, shapes, recognised)
 
 
