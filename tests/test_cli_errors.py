@@ -179,16 +179,32 @@ def raises_system_exit():
 
 def debugs():
     breakpoint()
+
+
+def sets_a_trace():
+    import pdb
+    pdb.set_trace()
+
+
+def aborts():
+    import os
+    os.abort()
 '''
 
 
 @pytest.mark.parametrize(("attribute", "said"), [("exits", "exit(None)"), ("raises_system_exit", "exit(3)"),
-                                                  ("debugs", "breakpoint()")])
+                                                  ("debugs", "breakpoint()"), ("sets_a_trace", "pdb.set_trace()")])
 def test_model_callable_that_exits_or_breaks_into_the_debugger(files, capsys, attribute, said):
     (files.root / "rfdeploy_cli_user_code.py").write_text(USER_CODE)
     code, err = run_main(files.args(model=f"rfdeploy_cli_user_code:{attribute}"), capsys)
     assert code == 2
     assert_one_line_error(code, err, f"rfdeploy_cli_user_code:{attribute}", said)
+
+
+def test_a_model_callable_that_aborts_is_an_error_through_the_real_entry(files):
+    (files.root / "rfdeploy_cli_user_code.py").write_text(USER_CODE)
+    result = run_entry(files.args(model="rfdeploy_cli_user_code:aborts"), cwd=files.root)
+    assert_one_line_error(result.returncode, result.stderr, "rfdeploy_cli_user_code:aborts", "os.abort()")
 
 
 def test_sys_exit_as_the_model_is_an_error_through_the_real_entry(files):

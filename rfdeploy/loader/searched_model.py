@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import os
+import pdb  # noqa: T100  # not to debug: its set_trace is swapped for an error while user code runs
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,23 +77,42 @@ def _import_factory(spec: str):
     return getattr(module, attribute)
 
 
-def _refuse_debugger(*args, **kwargs):
-    raise RuntimeError("it called breakpoint()")
+# What the user's code may call that would stop or take over this process: each is swapped for an error
+# while that code runs (a C extension's own abort() is beyond any Python guard).
+_TRAPS = ((sys, "breakpointhook", "breakpoint()"), (os, "abort", "os.abort()"),
+          (pdb, "set_trace", "pdb.set_trace()"), (pdb.Pdb, "set_trace", "pdb.set_trace()"))
+
+
+def _refusal(call: str):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"it called {call}")
+
+    return refuse
+
+
+@contextmanager
+def _trapped():
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _TRAPS]
+    for owner, name, call in _TRAPS:
+        setattr(owner, name, _refusal(call))
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def _run_user_code(spec: str, step: str, function):
-    """``function()``, the user's own code: whatever it raises, exits or breaks into becomes one line."""
-    hook, sys.breakpointhook = sys.breakpointhook, _refuse_debugger
+    """``function()``, the user's own code: whatever it raises, exits, aborts or breaks into becomes one line."""
     try:
-        return function()
+        with _trapped():
+            return function()
     except RFDeployError:
         raise
     except SystemExit as exit_:
         raise RFDeployError(f"model '{spec}' {step}: it called exit({exit_.code!r})") from None
     except Exception as error:  # noqa: BLE001  # the user's own code: report it in one line
         raise RFDeployError(f"model '{spec}' {step}: {type(error).__name__}: {first_line(error)}") from None
-    finally:
-        sys.breakpointhook = hook
 
 
 def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
