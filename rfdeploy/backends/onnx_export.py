@@ -96,11 +96,16 @@ def _tensor_signature(value: onnx.ValueInfoProto) -> dict:
     return {"name": value.name, "dtype": dtype, "shape": dims}
 
 
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's real inputs: ``graph.input`` less the initializers older exporters list there too."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
 def signature(model: onnx.ModelProto) -> dict:
     """The graph's inputs and outputs: name, dtype and dims (an int, or the name of a symbolic axis), and
     the dynamic axes as ``torch.onnx.export`` takes them (``{name: {axis: symbol}}``)."""
-    weights = {initializer.name for initializer in model.graph.initializer}
-    inputs = [_tensor_signature(v) for v in model.graph.input if v.name not in weights]
+    inputs = [_tensor_signature(v) for v in graph_inputs(model)]
     outputs = [_tensor_signature(v) for v in model.graph.output]
     dynamic = {io["name"]: {str(axis): dim for axis, dim in enumerate(io["shape"]) if not isinstance(dim, int)}
                for io in inputs + outputs}

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.onnx_graph import import_graph
@@ -20,11 +21,6 @@ from rfdeploy.measure.verify import Reference, seeded_inputs, verify
 
 BACKEND = "onnxruntime-cpu"
 Shape = tuple[int, ...]
-
-
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {init.name for init in model.graph.initializer}
-    return [value for value in model.graph.input if value.name not in initializers]
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from rfdeploy.artifacts import check_output_dir, write_all
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.backends.tensorrt import BuiltEngine, Sidecar
 from rfdeploy.errors import RFDeployError
 
@@ -65,8 +66,7 @@ class Signature:
 
 def onnx_signature(model: onnx.ModelProto, source: str) -> Signature:
     """The graph's real inputs (initializers excluded) and outputs, read from the ONNX protobuf."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = tuple(_tensor(value, source) for value in model.graph.input if value.name not in initializers)
+    inputs = tuple(_tensor(value, source) for value in graph_inputs(model))
     return Signature(inputs, tuple(_tensor(value, source) for value in model.graph.output))
 
 

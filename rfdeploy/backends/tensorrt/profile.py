@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError
 
 Shape = tuple[int, ...]
@@ -41,14 +42,9 @@ def parse_named_shape(text: str) -> NamedShape:
 
 def onnx_inputs(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
     """Each graph input's dims: an int where static, the dim's name (or '?') where dynamic."""
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        inputs[value.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
-    return inputs
+    return {value.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                              for d in value.type.tensor_type.shape.dim)
+            for value in graph_inputs(model)}
 
 
 def _pick(given: list[NamedShape], name: str, only: bool, flag: str) -> Shape | None:
