@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -35,6 +35,13 @@ from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
+from rfdeploy.measure.reduced_precision import (
+    INT8_FILE,
+    PrecisionRequest,
+    PrecisionResult,
+    check_request,
+    deploy,
+)
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
 from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
 from rfdeploy.measure.verify_onnx import verify_graphs
@@ -136,6 +143,7 @@ class ExportResult:
     out_dir: Path
     engine: trt_backend.BuiltEngine | None = None
     triton: triton_repository.RepositoryPlan | None = None
+    precision: PrecisionResult | None = None
     written: list[Path] = field(default_factory=list)
 
     @property
@@ -149,7 +157,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            choices: dict[str, str] | None = None, write: bool = True, progress=None,
            tune: str | None = None, engine: trt_backend.EngineRequest | None = None, dynamic_shape: bool = False,
            inputs: str | Path | None = None, save_io: str | Path | None = None,
-           triton: triton_repository.TritonRequest | None = None) -> ExportResult:
+           triton: triton_repository.TritonRequest | None = None,
+           precision: PrecisionRequest | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
@@ -162,13 +171,23 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     export is verified at a second shape too (``verification.other_shapes``). ``inputs`` (an .npz) adds the
     user's own data to the seeded random inputs; ``save_io`` writes every input used and the searched
     model's outputs on it.
+
+    With ``precision`` (int8, bf16, fp16), the verified fp32 model is also deployed at that precision and
+    checked by SNR against the searched forward (report key ``precision``; int8 writes ``model.int8.onnx``,
+    and a TensorRT engine is built at that precision, from the int8 model for int8).
     """
     step = progress or (lambda message: None)
     if opset not in OPSETS:
         raise RFDeployError(f"opset {opset} is not supported (from {OPSETS.start} to {OPSETS.stop - 1})")
+    lowered = precision if precision is not None and precision.precision != "fp32" else None
+    if lowered is not None:
+        check_request(lowered, engine is not None)
+        if engine is not None and lowered.precision in trt_backend.PRECISIONS:
+            engine = replace(engine, options=replace(engine.options, precision=lowered.precision))
     if write:  # a bad output folder fails now, not after the work
         engine_files = ("model.engine", "model.engine.json") if engine is not None else ()
-        check_output_dir(out, ("model.onnx", "report.json", FAILED_REPORT) + engine_files)
+        int8_files = (INT8_FILE,) if lowered is not None and lowered.precision == "int8" else ()
+        check_output_dir(out, ("model.onnx", "report.json", FAILED_REPORT) + engine_files + int8_files)
     if save_io is not None:
         check_output_dir(Path(save_io).parent, (Path(save_io).name,))
     step("loading")
@@ -225,15 +244,26 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "receptive_field": receptive_field,
     }
     exported = ExportResult(report, onnx_model, result.model, Path(out))
+    if lowered is not None and verification["passed"]:
+        step(f"deploying at {lowered.precision}")
+        exported.precision = deploy(lowered, onnx_model, reference, shapes, seed, sets, step)
+        report["precision"] = exported.precision.to_json() | {"warnings": exported.precision.warnings}
+        verification["passed"] = verification["passed"] and exported.precision.passed
     if engine is not None and verification["passed"]:
         step("building and verifying the TensorRT engine (minutes for a large model)")
-        request = trt_backend.with_export_shapes(engine, onnx_model, shapes, other)
-        exported.engine = trt_backend.build(onnx_model.SerializeToString(), request, "model.onnx")
-        check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed)
+        source, source_file = onnx_model, "model.onnx"
+        if exported.precision is not None and exported.precision.model is not None:
+            source, source_file = exported.precision.model, INT8_FILE
+        request = trt_backend.with_export_shapes(engine, source, shapes, other)
+        exported.engine = trt_backend.build(source.SerializeToString(), request, source_file)
+        held_out = exported.precision.held_out if exported.precision is not None else None
+        check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed,
+                                          lowered.min_snr_db if lowered else None, held_out)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed
     if triton is not None and verification["passed"]:
-        served = triton_repository.served_export(onnx_model, exported.engine, tuning)
+        int8 = exported.precision.model if exported.precision is not None else None
+        served = triton_repository.served_export(int8 if int8 is not None else onnx_model, exported.engine, tuning)
         exported.triton = triton_repository.plan_repository(triton, served)
         report["triton"] = exported.triton.to_json()
     if write:
@@ -303,8 +333,10 @@ def input_shapes_for(loaded: Loaded, given: list[tuple[int, ...]] | None,
 
 def _write(result: ExportResult) -> None:
     served = triton_repository.write_repository(result.triton) if result.passed and result.triton else []
-    engine = result.engine.files("model.engine") if result.engine else {}
-    result.written = _write_model(result.out_dir, result.passed, result.onnx_model, result.report, engine) + served
+    extra = result.engine.files("model.engine") if result.engine else {}
+    if result.precision is not None and result.precision.model is not None:
+        extra[INT8_FILE] = result.precision.model.SerializeToString()
+    result.written = _write_model(result.out_dir, result.passed, result.onnx_model, result.report, extra) + served
 
 
 def _write_model(out_dir: Path, passed: bool, onnx_model: onnx.ModelProto, report: dict,

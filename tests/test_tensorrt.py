@@ -163,12 +163,6 @@ def test_missing_or_foreign_sidecar_is_refused(tmp_path):
         trt_backend.read_sidecar(engine)
 
 
-def test_fp16_engines_are_held_to_a_wider_tolerance_never_a_narrower_one():
-    assert trt_backend.engine_tolerance("fp32", 1e-4, 2e-4) == (1e-4, 2e-4)
-    assert trt_backend.engine_tolerance("fp16", 1e-4, 2e-4) == (trt_backend.FP16_TOLERANCE,) * 2
-    assert trt_backend.engine_tolerance("fp16", 0.5, 0.25) == (0.5, 0.25)
-
-
 def test_built_engine_files_are_the_engine_and_its_sidecar():
     sidecar = trt_backend.make_sidecar(Setup("10.3.0", "GPU"), "fp32", 64, [], b"onnx")
     files = trt_backend.BuiltEngine(b"plan", sidecar, []).files("model.engine")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from rfdeploy.backends.torch_backend import TorchRunner
-from rfdeploy.measure.verify import Comparison, OutputError, Reference, compare, verify
+from rfdeploy.measure.verify import Comparison, Reference, compare, seeded_inputs, verify, verify_on
 
 
 def test_comparison_holds_each_output_to_its_own_scale():
     expected = [np.array([100.0, -50.0]), np.array([0.1, 0.0])]
     actual = [np.array([100.5, -50.0]), np.array([0.1, 0.002])]
     result = compare(actual, expected)
-    assert result.outputs == (OutputError(0.5, 100.0), OutputError(0.002, 0.1))
+    assert [(o.max_abs, o.scale) for o in result.outputs] == [(0.5, 100.0), (0.002, 0.1)]
     assert result.max_abs == 0.5 and result.max_rel == 0.02
     assert result.within(0.0, 0.02)  # 0.5 <= 0.02 * 100 and 0.002 <= 0.02 * 0.1
     assert not result.within(0.0, 0.01)  # the small output fails: 0.002 > 0.01 * 0.1
@@ -31,6 +33,36 @@ def test_outputs_that_do_not_line_up_never_pass():
 def test_comparisons_add_up_to_the_worst_of_both():
     worst = compare([np.array([1.0])], [np.array([1.5])]) + compare([np.array([3.0])], [np.array([2.0])])
     assert isinstance(worst, Comparison) and worst.max_abs == 1.0 and worst.max_rel == 0.5
+
+
+def test_snr_and_cosine_follow_their_definitions():
+    expected = [np.array([3.0, 4.0]), np.array([1.0, 0.0, 0.0])]
+    actual = [np.array([3.0, 4.3]), np.array([0.0, 1.0, 0.0])]
+    result = compare(actual, expected)
+    # 25 / 0.09 for the first output; the second is all noise (signal 1, noise 2) and orthogonal
+    assert math.isclose(result.outputs[0].snr_db, 10 * math.log10(25 / 0.09))
+    assert math.isclose(result.snr_db, 10 * math.log10(1 / 2))
+    assert math.isclose(result.outputs[0].cosine, (9 + 4 * 4.3) / (5 * math.hypot(3, 4.3)))
+    assert result.cosine == 0.0
+    assert result.meets(-3.1) and not result.meets(-3.0)
+
+
+def test_identical_outputs_have_infinite_snr_and_mismatches_none():
+    assert compare([np.ones(3)], [np.ones(3)]).snr_db == math.inf
+    mismatch = compare([np.ones(2)], [np.ones(3)])
+    assert mismatch.snr_db == -math.inf and not mismatch.meets(-1e9)
+    assert not compare([np.array([np.nan, 1.0])], [np.ones(2)]).meets(-1e9)
+
+
+def test_low_precision_runs_are_judged_by_snr_not_tolerance():
+    model = nn.Conv2d(2, 3, 3).eval()
+    sets = seeded_inputs([(1, 2, 8, 8)], 0)
+    with TorchRunner(model, precision="bf16") as runner:
+        strict = verify_on(runner, model, sets)
+        by_snr = verify_on(runner, model, sets, precision="bf16", min_snr_db=20.0)
+        too_strict = verify_on(runner, model, sets, precision="bf16", min_snr_db=80.0)
+    assert not strict.passed and by_snr.passed and not too_strict.passed
+    assert 20.0 < by_snr.snr_db < 80.0 and by_snr.precision == "bf16" and by_snr.cosine > 0.99
 
 
 class CountingConv(nn.Conv2d):

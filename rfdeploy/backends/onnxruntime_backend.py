@@ -120,9 +120,10 @@ def check_with_tensorrt(device: str) -> None:
     providers(device, tensorrt=True)
 
 
-def runner(model: onnx.ModelProto, device: str, threads: int) -> OrtRunner:
+def runner(model: onnx.ModelProto, device: str, threads: int, precision: str = "fp32") -> OrtRunner:
+    """At ``int8`` the model is a QDQ model, which onnxruntime runs with int8 kernels as it is."""
     return OrtRunner(model, device, threads)
 
 
-def runner_with_tensorrt(model: onnx.ModelProto, device: str, threads: int) -> OrtRunner:
+def runner_with_tensorrt(model: onnx.ModelProto, device: str, threads: int, precision: str = "fp32") -> OrtRunner:
     return OrtRunner(model, device, threads, tensorrt=True)

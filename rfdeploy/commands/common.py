@@ -13,8 +13,12 @@ from pathlib import Path
 from rich.console import Console
 
 from rfdeploy.backends import tensorrt as trt_backend
+from rfdeploy.compiler.quantize import METHODS
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from rfdeploy.measure.reduced_precision import PrecisionRequest
 from rfdeploy.measure.verify import Verification
+from rfdeploy.precision import DEFAULT_MIN_SNR_DB, PRECISIONS
 from rfdeploy.serve import triton as triton_repository
 
 UNBOUNDED_WIDTH = 10_000
@@ -99,11 +103,61 @@ SHAPE_DEFAULTS = {"min": "the opt shape", "max": "the opt shape",
                   "opt": "the export's input shape, or the ONNX model's fixed dims"}
 
 
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """``"123.675,116.28,103.53"`` -> floats, each finite."""
+    parse = number(float)
+    return tuple(parse(part) for part in text.split(","))
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--min-snr`` and the int8 calibration options, shared by ``export`` and ``bench``."""
+    defaults = ", ".join(f"{name} {value:g}" for name, value in DEFAULT_MIN_SNR_DB.items())
+    parser.add_argument("--min-snr", type=number(float), metavar="DB",
+                        help=f"SNR against the searched fp32 outputs that a lower precision must reach (default: "
+                             f"{defaults}); for int8, the tensors that cost most are kept in fp32 until it is met")
+    parser.add_argument("--calib", metavar="PATH|random",
+                        help="int8 calibration data: .npy/.npz of input samples (first axis), or a folder of images; "
+                             "'random': random inputs, accuracy then unknown (default: none, int8 refused)")
+    parser.add_argument("--calib-count", type=COUNT, default=32, metavar="N",
+                        help="calibration batches; later ones are held out for verification")
+    parser.add_argument("--calib-method", choices=METHODS, default="minmax", help="how activation ranges are set")
+    parser.add_argument("--calib-size", type=parse_size, metavar="H,W",
+                        help="image size after resize and centre crop (default: the input shape's)")
+    parser.add_argument("--calib-mean", type=parse_numbers, default=IMAGENET_MEAN, metavar="R,G,B",
+                        help="per-channel mean of 0-255 pixels (default: mmdet/mmpretrain's ImageNet "
+                             f"{','.join(map(str, IMAGENET_MEAN))})")
+    parser.add_argument("--calib-std", type=parse_numbers, default=IMAGENET_STD, metavar="R,G,B",
+                        help=f"per-channel std (default: {','.join(map(str, IMAGENET_STD))})")
+    parser.add_argument("--calib-bgr", action="store_true",
+                        help="feed images in BGR order, for models trained without to_rgb (default: RGB)")
+
+
+def precision_request(args: argparse.Namespace, precision: str, backends: tuple[str, ...] = ()) -> PrecisionRequest:
+    """The precision options, checked before any work."""
+    size = args.calib_size
+    if size is not None and len(size) != 2:
+        raise RFDeployError(f"--calib-size {','.join(map(str, size))}: give H,W")
+    for flag, values in (("--calib-mean", args.calib_mean), ("--calib-std", args.calib_std)):
+        if len(values) != 3:
+            raise RFDeployError(f"{flag}: give three values, one per colour channel")
+    if any(value <= 0 for value in args.calib_std):
+        raise RFDeployError("--calib-std: every value must be above 0")
+    if args.calib is not None and args.calib != "random" and not Path(args.calib).exists():
+        raise RFDeployError(f"--calib {args.calib}: no such file or folder")
+    preprocess = ImagePreprocess(size, args.calib_mean, args.calib_std, args.calib_bgr)
+    return PrecisionRequest(precision, args.calib, args.calib_count, args.calib_method, preprocess, args.min_snr,
+                            backends)
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The engine options shared by ``rfdeploy build`` and ``rfdeploy export --trt``."""
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (default: FP32 only)")
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels; the same as --precision fp16 "
+                                                             "(default: FP32 only)")
     parser.add_argument("--workspace", type=COUNT, default=4096, metavar="MB",
                         help="TensorRT workspace memory limit in MiB")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="number format: int8 needs --calib (export) or a QDQ model (build); bf16 runs on "
+                             "OpenVINO, fp16 on TensorRT")
     for bound in ("min", "opt", "max"):
         parser.add_argument(f"--{bound}-shape", action="append", type=named_shape, default=[], metavar="[NAME:]DIMS",
                             help=f"{bound} shape of a dynamic input for the optimization profile, e.g. "
@@ -116,7 +170,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
     if args.workspace < 1:
         raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
-    options = trt_backend.BuildOptions("fp16" if args.fp16 else "fp32", args.workspace, args.timing_cache)
+    precision = getattr(args, "precision", "fp32")
+    if args.fp16 and precision not in ("fp32", "fp16"):
+        raise RFDeployError(f"--fp16 and --precision {precision}: give one")
+    precision = "fp16" if args.fp16 else precision
+    if precision not in trt_backend.PRECISIONS:
+        raise RFDeployError(f"TensorRT builds {', '.join(trt_backend.PRECISIONS)} engines, not {precision} "
+                            f"(bf16 runs on the openvino backend)")
+    options = trt_backend.BuildOptions(precision, args.workspace, args.timing_cache)
     return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)
 
 

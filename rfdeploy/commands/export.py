@@ -8,6 +8,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
+from rfdeploy.backends import parse_backends
 from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands.common import (
@@ -15,10 +16,12 @@ from rfdeploy.commands.common import (
     TOLERANCE,
     add_engine_arguments,
     add_model_arguments,
+    add_precision_arguments,
     add_triton_arguments,
     console,
     engine_request,
     number,
+    precision_request,
     print_engine,
     print_tuning,
     status,
@@ -61,6 +64,10 @@ def add_parser(subparsers) -> None:
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
                              "(needs pip install 'rfdeploy[trt]' and a GPU)")
     add_engine_arguments(parser)
+    add_precision_arguments(parser)
+    parser.add_argument("--verify-backends", metavar="LIST",
+                        help="backends the --precision model is checked on, comma-separated (default: onnxruntime "
+                             "for int8, openvino for bf16; fp16 is checked as the TensorRT engine)")
     add_triton_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -78,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
         require_tensorrt()
         engine = engine_request(args)
     triton = triton_request(args)
+    backends = tuple(parse_backends(args.verify_backends)) if args.verify_backends else ()
+    precision = precision_request(args, "fp32" if args.fp16 else args.precision, backends)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
-                            save_io=args.save_io, triton=triton)
-    warn(result.report["load"]["warnings"])
+                            save_io=args.save_io, triton=triton, precision=precision)
+    warn(result.report["load"]["warnings"] + result.report.get("precision", {}).get("warnings", []))
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:
@@ -100,6 +109,25 @@ def print_onnx_facts(facts: dict) -> None:
                   f"{listed(facts['outputs'])}")
     if facts["size_note"]:
         console.print(f"note: {facts['size_note']}")
+
+
+def print_precision(section: dict) -> None:
+    calibration = section["calibration"]
+    if calibration:
+        console.print(f"int8: calibrated on {calibration['calibration_sets']} batch(es) of {calibration['source']}, "
+                      f"{section['quantized_nodes']} QuantizeLinear nodes; verified on held-out "
+                      f"{', '.join(calibration['held_out_sets'])}")
+    mixed = section["mixed_precision"]
+    if mixed and mixed["kept_fp32_nodes"]:
+        console.print(f"mixed precision: {len(mixed['kept_fp32_tensors'])} tensor(s) kept in fp32 "
+                      f"({len(mixed['kept_fp32_nodes'])} nodes, listed in the report) to reach --min-snr "
+                      f"{section['min_snr_db']:g} dB" + ("" if mixed["met"] else ": [red]not reached[/red]"))
+    for check in section["checks"]:
+        verdict = "[green]PASSED[/green]" if check["passed"] else "[red]FAILED[/red]"
+        snr = "inf" if check["snr_db"] is None else f"{check['snr_db']:.1f}"
+        console.print(f"{section['precision']} on {check['backend']} vs searched fp32 forward: SNR {snr} dB (min "
+                      f"{check['min_snr_db']:g}), cosine {check['cosine']:.5f}, max_abs_err {check['max_abs_err']:.3g}"
+                      f": {verdict}")
 
 
 def dilation_text(rate: list[int]) -> str:
@@ -139,6 +167,8 @@ def print_summary(result: api.ExportResult) -> None:
                       f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs: their input already sees the "
                       f"whole image, so they add compute but no context (rfdeploy analyze for details)")
     print_onnx_facts(report["onnx"])
+    if "precision" in report:
+        print_precision(report["precision"])
     if result.engine is not None:
         check = Verification(**report["tensorrt"]["verification"])
         print_engine(result.engine, check, "the searched PyTorch forward")

@@ -20,9 +20,10 @@ from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet, Reference
 
 
-def _arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, what: str = "inputs") -> dict[str, np.ndarray]:
+    """The arrays of an .npz (by name) or .npy (``arr_0``), never unpickled."""
     if not path.is_file():
-        raise RFDeployError(f"{path}: no such inputs file")
+        raise RFDeployError(f"{path}: no such {what} file")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a bare .npy: one array
@@ -30,13 +31,13 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise RFDeployError(f"{path}: not a readable .npz/.npy of input arrays ({first_line(error)})") from None
+        raise RFDeployError(f"{path}: not a readable .npz/.npy of {what} arrays ({first_line(error)})") from None
 
 
 def load_inputs(path: str | Path, input_names: list[str]) -> InputSet:
     """The model's inputs from ``path``, by name or in order, as float32 tensors."""
     path = Path(path)
-    arrays = _arrays(path)
+    arrays = read_arrays(path)
     if set(input_names) <= set(arrays):
         chosen = [arrays[name] for name in input_names]
     elif len(arrays) == len(input_names):

@@ -3,12 +3,15 @@ user's own, where given).
 
 ``max_abs_err`` is the largest absolute difference over every output element; ``max_rel_err`` divides
 each output's largest difference by that output's largest magnitude (relative to the output's scale,
-so that values near zero do not dominate). A run passes when every output's difference is within
-``atol + rtol * scale``.
+so that values near zero do not dominate). An fp32 run passes when every output's difference is within
+``atol + rtol * scale``. A lower-precision run passes on its signal-to-noise ratio instead
+(``snr_db``: ``10 log10(sum e^2 / sum (a - e)^2)``, the worst output of the worst input set; see
+``rfdeploy.precision``); ``cosine`` is the worst cosine similarity, as polygraphy reports it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,10 +23,21 @@ from rfdeploy.backends.base import Runner, flat_outputs, run_once
 
 @dataclass(frozen=True)
 class OutputError:
-    """One output: its largest absolute difference, and its scale (largest magnitude of the expected)."""
+    """One output: its largest absolute difference, its scale (largest magnitude of the expected), the
+    energies of the expected values and of the difference, and the cosine of the two."""
 
     max_abs: float
     scale: float
+    signal: float = 0.0  # sum of expected^2
+    noise: float = 0.0  # sum of (actual - expected)^2
+    cosine: float = 1.0
+
+    @property
+    def snr_db(self) -> float:
+        """Infinite where nothing differs; minus infinity where there is noise and no signal."""
+        if self.noise == 0:
+            return math.inf
+        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
 
     @property
     def max_rel(self) -> float:
@@ -33,7 +47,7 @@ class OutputError:
         return bool(np.isfinite(self.max_abs)) and self.max_abs <= atol + rtol * self.scale
 
 
-MISMATCH = (OutputError(float("inf"), 0.0),)  # outputs of different count or shape: nothing compares
+MISMATCH = (OutputError(math.inf, 0.0, 0.0, math.inf, 0.0),)  # outputs of different count or shape: nothing compares
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,20 @@ class Comparison:
     def max_rel(self) -> float:
         return max((o.max_rel for o in self.outputs), default=0.0)
 
+    @property
+    def snr_db(self) -> float:
+        return min((o.snr_db for o in self.outputs), default=math.inf)
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
     def within(self, atol: float, rtol: float) -> bool:
         return all(o.within(atol, rtol) for o in self.outputs)
+
+    def meets(self, min_snr_db: float) -> bool:
+        """Every output finite and at least ``min_snr_db`` above its noise."""
+        return all(math.isfinite(o.max_abs) for o in self.outputs) and self.snr_db >= min_snr_db
 
     def __add__(self, other: Comparison) -> Comparison:
         """Both comparisons' outputs: the worst of several trials is that of their sum."""
@@ -61,11 +87,18 @@ class Comparison:
 def compare(actual: list[np.ndarray], expected: list[np.ndarray]) -> Comparison:
     if len(actual) != len(expected) or any(a.shape != e.shape for a, e in zip(actual, expected)):
         return Comparison(MISMATCH)
-    errors = []
-    for a, e in zip(actual, expected):
-        diff = float(np.max(np.abs(a.astype(np.float64) - e))) if a.size else 0.0
-        errors.append(OutputError(diff, float(np.max(np.abs(e))) if e.size else 0.0))
-    return Comparison(tuple(errors))
+    return Comparison(tuple(output_error(a.astype(np.float64), e.astype(np.float64))
+                            for a, e in zip(actual, expected)))
+
+
+def output_error(actual: np.ndarray, expected: np.ndarray) -> OutputError:
+    if not actual.size:
+        return OutputError(0.0, 0.0)
+    difference = actual - expected
+    norms = float(np.linalg.norm(actual)) * float(np.linalg.norm(expected))
+    cosine = float(np.dot(actual.ravel(), expected.ravel())) / norms if norms > 0 else float(norms == 0)
+    return OutputError(float(np.max(np.abs(difference))), float(np.max(np.abs(expected))),
+                       float(np.sum(expected * expected)), float(np.sum(difference * difference)), cosine)
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,10 @@ class Verification:
     trials: int
     input_shapes: list[list[int]]
     sources: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    snr_db: float | None = None  # None: no difference at all
+    cosine: float = 1.0
+    min_snr_db: float | None = None  # the SNR it was judged by; None: judged by atol and rtol
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -138,13 +175,32 @@ def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: li
     return verify_on(runner, reference, seeded_inputs(shapes, seed, trials), atol, rtol, seed)
 
 
-def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
-              atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0) -> Verification:
-    """``runner`` against ``reference`` on each input set, reported under the runner's name (``seed``: that
-    of the random sets among them, for the record)."""
+def compare_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> Comparison:
+    """The worst of ``runner``'s outputs against ``reference``'s over these input sets."""
     if not isinstance(reference, Reference):
         reference = Reference(reference)
     comparisons = [compare(run_once(runner, list(s.tensors)), reference.outputs(s)) for s in inputs]
-    worst = sum(comparisons[1:], comparisons[0])
-    return Verification(runner.name, worst.max_abs, worst.max_rel, worst.within(atol, rtol), atol, rtol, seed,
-                        len(inputs), [list(shape) for shape in inputs[0].shapes], [s.source for s in inputs])
+    return sum(comparisons[1:], comparisons[0])
+
+
+def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
+              atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, precision: str = "fp32",
+              min_snr_db: float | None = None) -> Verification:
+    """``runner`` against ``reference`` on each input set, reported under the runner's name (``seed``: that
+    of the random sets among them, for the record). Judged by ``atol`` and ``rtol``, or with ``min_snr_db``
+    by the signal-to-noise ratio."""
+    worst = compare_on(runner, reference, inputs)
+    passed = worst.meets(min_snr_db) if min_snr_db is not None else worst.within(atol, rtol)
+    return Verification(runner.name, worst.max_abs, worst.max_rel, passed, atol, rtol, seed, len(inputs),
+                        [list(shape) for shape in inputs[0].shapes], [s.source for s in inputs], precision,
+                        finite_db(worst.snr_db), worst.cosine, min_snr_db)
+
+
+NO_SIGNAL_DB = -999.0  # noise on an output expected to be all zero: JSON has no minus infinity
+
+
+def finite_db(value: float) -> float | None:
+    """An SNR for JSON: None where nothing differs (infinite), else rounded to 0.01 dB."""
+    if value == math.inf:
+        return None
+    return round(value, 2) if math.isfinite(value) else NO_SIGNAL_DB

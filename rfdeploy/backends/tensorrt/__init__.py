@@ -27,9 +27,7 @@ from rfdeploy.backends.tensorrt.profile import (
     resolve_profile,
 )
 from rfdeploy.backends.tensorrt.runner import (
-    FP16_TOLERANCE,
     TrtRunner,
-    engine_tolerance,
     load_engine_bytes,
     verify_engine,
 )
@@ -45,9 +43,8 @@ from rfdeploy.backends.tensorrt.sidecar import (
 )
 
 __all__ = [
-    "FP16_TOLERANCE", "INSTALL_HINT", "PRECISIONS", "SIDECAR_SUFFIX", "BuildOptions", "BuiltEngine", "EngineRequest",
+    "INSTALL_HINT", "PRECISIONS", "SIDECAR_SUFFIX", "BuildOptions", "BuiltEngine", "EngineRequest",
     "InputProfile", "NamedShape", "Setup", "Shape", "Sidecar", "TrtRunner", "build", "build_engine",
-    "build_serialized", "check_setup", "current_setup", "default_timing_cache", "engine_tolerance",
-    "load_engine_bytes", "make_sidecar", "onnx_inputs", "parse_named_shape", "read_sidecar", "require_cuda",
+    "build_serialized", "check_setup", "current_setup", "default_timing_cache", "load_engine_bytes", "make_sidecar", "onnx_inputs", "parse_named_shape", "read_sidecar", "require_cuda",
     "require_tensorrt", "resolve_profile", "sidecar_path", "verify_engine", "with_export_shapes",
 ]

@@ -16,7 +16,8 @@ from rfdeploy.backends.tensorrt.profile import InputProfile, NamedShape, Shape, 
 from rfdeploy.backends.tensorrt.sidecar import Setup, Sidecar, current_setup, make_sidecar, sidecar_path
 from rfdeploy.errors import RFDeployError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ def build_serialized(onnx_bytes: bytes, profiles: list[InputProfile], options: B
         config.set_flag(trt.BuilderFlag.FP16)
     else:  # TensorRT allows TF32 (10 mantissa bits) by default on Ampere and later: fp32 means fp32
         config.clear_flag(trt.BuilderFlag.TF32)
+    if options.precision == "int8":
+        # explicit quantization: the QDQ nodes of the model say what runs in int8 and at which scales
+        # (TensorRT 10.1 deprecated the implicit calibrators); everything else stays fp32
+        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for entry in profiles:
         profile.set_shape(entry.name, trt.Dims(list(entry.min)), trt.Dims(list(entry.opt)), trt.Dims(list(entry.max)))
@@ -111,6 +116,9 @@ def build(onnx_bytes: bytes, request: EngineRequest, source: str = "<onnx>") -> 
         model = onnx.load_from_string(onnx_bytes)
     except DecodeError as error:
         raise RFDeployError(f"{source}: not a readable ONNX model ({type(error).__name__})") from None
+    if request.options.precision == "int8" and not any(node.op_type in QUANTIZE_OPS for node in model.graph.node):
+        raise RFDeployError(f"{source}: an int8 engine is built from a quantized (QDQ) model, and this one has no "
+                            f"QuantizeLinear: give the model.int8.onnx of rfdeploy export --precision int8")
     profiles = resolve_profile(onnx_inputs(model), request.mins, request.opts, request.maxs)
     setup = current_setup()
     options = request.options

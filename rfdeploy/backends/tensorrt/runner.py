@@ -10,29 +10,24 @@ import torch
 from torch import nn
 
 from rfdeploy.backends.base import Runner
-from rfdeploy.backends.tensorrt.build import BuiltEngine, EngineRequest, build
+from rfdeploy.backends.tensorrt.build import BuildOptions, BuiltEngine, EngineRequest, build
 from rfdeploy.backends.tensorrt.lib import require_cuda, require_tensorrt, trt
 from rfdeploy.backends.tensorrt.sidecar import check_setup, current_setup, read_sidecar
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.verify import Reference, Verification, verify
-
-FP16_TOLERANCE = 1e-2  # FP16 keeps 11 significant bits: about 5e-4 per rounding, more through a deep network
-
-
-def engine_tolerance(precision: str, atol: float, rtol: float) -> tuple[float, float]:
-    """The (atol, rtol) an engine is held to: the given ones, widened to ``FP16_TOLERANCE`` for FP16."""
-    if precision == "fp16":
-        return max(atol, FP16_TOLERANCE), max(rtol, FP16_TOLERANCE)
-    return atol, rtol
+from rfdeploy.measure.verify import InputSet, Reference, Verification, seeded_inputs, verify_on
+from rfdeploy.precision import min_snr_for
 
 
 def verify_engine(built: BuiltEngine, reference: Reference | nn.Module | Runner, atol: float = 1e-4,
-                  rtol: float = 1e-4, seed: int = 0) -> Verification:
-    """The engine against ``reference`` at each input's ``opt`` shape (the one the engine is tuned for)."""
-    atol, rtol = engine_tolerance(built.sidecar.precision, atol, rtol)
-    shapes = [profile.opt for profile in built.profiles]
-    with TrtRunner(built.engine, f"tensorrt-{built.sidecar.precision}") as engine:
-        return verify(engine, reference, shapes, atol, rtol, seed)
+                  rtol: float = 1e-4, seed: int = 0, min_snr_db: float | None = None,
+                  inputs: list[InputSet] | None = None) -> Verification:
+    """The engine against ``reference`` at each input's ``opt`` shape (the one the engine is tuned for), on
+    seeded random inputs or on ``inputs``: an fp32 engine by ``atol``/``rtol``, an fp16 or int8 one by its
+    SNR (``min_snr_db``, else the precision's default)."""
+    precision = built.sidecar.precision
+    sets = inputs or seeded_inputs([profile.opt for profile in built.profiles], seed)
+    with TrtRunner(built.engine, f"tensorrt-{precision}") as engine:
+        return verify_on(engine, reference, sets, atol, rtol, seed, precision, min_snr_for(precision, min_snr_db))
 
 
 def load_engine_bytes(engine_path: str | Path) -> bytes:
@@ -99,6 +94,6 @@ def check(device: str) -> None:
     require_tensorrt()
 
 
-def engine_runner(model: onnx.ModelProto, device: str, threads: int) -> TrtRunner:
-    """An engine built with default options for ``model``, running it."""
-    return TrtRunner(build(model.SerializeToString(), EngineRequest()).engine)
+def engine_runner(model: onnx.ModelProto, device: str, threads: int, precision: str = "fp32") -> TrtRunner:
+    """An engine built for ``model`` at ``precision`` (int8: from the QDQ model), running it."""
+    return TrtRunner(build(model.SerializeToString(), EngineRequest(BuildOptions(precision))).engine)

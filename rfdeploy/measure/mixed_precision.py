@@ -1,0 +1,148 @@
+"""Accuracy-aware mixed precision: the fewest tensors kept in fp32 for an int8 model to reach an SNR.
+
+Each quantized activation is compared with the float model's on the held-out inputs (onnxruntime's
+``qdq_loss_debug``); its cost is the noise its node adds, relative to the signal, beyond the noise its
+inputs carried (an activation with a few large outliers gets a coarse scale and a high cost). The
+QDQ pair's own before/after SQNR would mislead: after a quantized ReLU it compares the pre-ReLU values
+with the clamped ones. Keeping a tensor in fp32 means excluding from quantization the node that writes
+it and the nodes that read it. The worst
+tensors are kept in fp32 in growing numbers (1, 2, 4, ...) until the whole model meets the target,
+then the count is narrowed by bisection between the last miss and the first hit.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from rfdeploy.compiler.quantize import InputReader, Int8Quantizer, quiet_onnxruntime_logging
+from rfdeploy.measure.verify import InputSet
+
+
+@dataclass(frozen=True)
+class TensorCost:
+    tensor: str
+    sqnr_db: float  # signal over the noise its own node adds
+    nodes: tuple[str, ...]  # the nodes that write or read it: kept in fp32 to keep it so
+
+
+@dataclass
+class MixedPrecision:
+    model: onnx.ModelProto
+    snr_db: float
+    met: bool
+    kept_fp32: list[str] = field(default_factory=list)  # node names
+    tensors: list[TensorCost] = field(default_factory=list)  # the tensors they keep in fp32, worst first
+    tried: list[dict] = field(default_factory=list)  # {"kept_tensors": k, "snr_db": x} per attempt
+
+    def to_json(self) -> dict:
+        return {"met": self.met, "snr_db": round(self.snr_db, 2), "kept_fp32_nodes": self.kept_fp32,
+                "kept_fp32_tensors": [{"tensor": t.tensor, "sqnr_db": round(t.sqnr_db, 2)} for t in self.tensors],
+                "tried": self.tried}
+
+
+def tensor_costs(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, inputs: list[InputSet]) -> list[TensorCost]:
+    """Every quantized activation's cost, highest first: how much quantization noise (relative to the
+    signal) the node writing it adds to what its inputs carried already, the int8 model's tensors
+    compared with the float model's (onnxruntime's ``qdq_loss_debug`` cross-model SQNR)."""
+    from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
+
+    matching = create_activation_matching(_activations(qdq_model, inputs), _activations(float_model, inputs))
+    noise = {tensor: _noise_to_signal(pair["float"], pair["post_qdq"]) for tensor, pair in matching.items()
+             if "float" in pair and "post_qdq" in pair}
+    producers = {tensor: node for node in float_model.graph.node for tensor in node.output}
+    touching = _nodes_touching(float_model, producers)
+    costs = []
+    for tensor, ratio in noise.items():
+        producer = producers.get(tensor)
+        carried = max((noise.get(source, 0.0) for source in producer.input), default=0.0) if producer else 0.0
+        if tensor in touching:
+            costs.append(TensorCost(tensor, -10 * math.log10(max(ratio - carried, 1e-12)), touching[tensor]))
+    return sorted(costs, key=lambda cost: cost.sqnr_db)
+
+
+def _activations(model: onnx.ModelProto, inputs: list[InputSet]) -> dict:
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        modify_model_output_intermediate_tensors,
+    )
+
+    names = [value.name for value in model.graph.input]
+    with tempfile.TemporaryDirectory(prefix="rfdeploy-sqnr-") as folder, quiet_onnxruntime_logging():
+        path, augmented = Path(folder) / "model.onnx", Path(folder) / "all-outputs.onnx"
+        onnx.save(model, path)
+        modify_model_output_intermediate_tensors(path, augmented)
+        return collect_activations(str(augmented), InputReader(names, inputs))
+
+
+def _noise_to_signal(expected: list, actual: list) -> float:
+    signal = sum(float((e.astype("float64") ** 2).sum()) for e in expected)
+    noise = sum(float(((a.astype("float64") - e) ** 2).sum()) for a, e in zip(actual, expected))
+    return noise / signal if signal > 0 else 0.0
+
+
+def _nodes_touching(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]) -> dict[str, tuple[str, ...]]:
+    """Per tensor, the nodes to keep in fp32 to keep it so: those that read it, the one that writes it, and
+    where that one has a single input (a ReLU, a pool, which the quantizer fuses with what feeds them), the
+    node before it too, whose weights would otherwise stay quantized."""
+    touching: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for tensor in node.input:
+            touching.setdefault(tensor, []).append(node.name)
+        for tensor in node.output:
+            touching.setdefault(tensor, []).append(node.name)
+            data_inputs = [name for name in node.input if name in producers]
+            if len(data_inputs) == 1 and len(node.input) == 1:
+                touching[tensor].append(producers[data_inputs[0]].name)
+    return {tensor: tuple(dict.fromkeys(nodes)) for tensor, nodes in touching.items() if tensor}
+
+
+def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Callable[[onnx.ModelProto], float],
+              target_db: float, held_out: list[InputSet], tick: Callable[[str], None] | None = None) -> MixedPrecision:
+    """The int8 model with the fewest worst tensors kept in fp32 whose SNR (``snr_of``) reaches
+    ``target_db``; with every ranked tensor kept and the target still missed, the best model found, ``met``
+    false."""
+    step = tick or (lambda text: None)
+    int8 = quantizer.quantize()
+    tried: list[dict] = []
+    results: dict[int, tuple[onnx.ModelProto, float]] = {0: (int8, snr_of(int8))}
+    tried.append({"kept_tensors": 0, "snr_db": round(results[0][1], 2)})
+    if results[0][1] >= target_db:
+        return MixedPrecision(int8, results[0][1], True, tried=tried)
+    step("ranking quantized tensors by the noise each adds")
+    costs = tensor_costs(float_model, int8, held_out)
+
+    def attempt(count: int) -> float:
+        if count not in results:
+            step(f"keeping the {count} worst tensor(s) in fp32")
+            model = quantizer.quantize(_nodes_of(costs[:count]))
+            results[count] = (model, snr_of(model))
+            tried.append({"kept_tensors": count, "snr_db": round(results[count][1], 2)})
+        return results[count][1]
+
+    miss, hit = 0, None
+    count = 1
+    while count <= len(costs):
+        if attempt(count) >= target_db:
+            hit = count
+            break
+        miss, count = count, count * 2
+    if hit is None and miss < len(costs) and attempt(len(costs)) >= target_db:
+        hit = len(costs)
+    if hit is None:
+        best = max(results, key=lambda k: results[k][1])
+        return MixedPrecision(results[best][0], results[best][1], False, _nodes_of(costs[:best]), costs[:best], tried)
+    while hit - miss > 1:
+        middle = (hit + miss) // 2
+        miss, hit = (miss, middle) if attempt(middle) >= target_db else (middle, hit)
+    model, snr = results[hit]
+    return MixedPrecision(model, snr, True, _nodes_of(costs[:hit]), costs[:hit], tried)
+
+
+def _nodes_of(costs: list[TensorCost]) -> list[str]:
+    return list(dict.fromkeys(node for cost in costs for node in cost.nodes))

@@ -1,0 +1,127 @@
+"""The compiled model at a lower precision, verified against the searched fp32 model.
+
+After the exact fp32 export is verified, ``deploy`` makes and checks the ``--precision`` artifact:
+
+- int8: the compiled ONNX model quantized (QDQ, ``rfdeploy.compiler.quantize``) on the calibration
+  batches, written as ``model.int8.onnx``; with ``--min-snr`` and a miss, the costliest tensors are kept
+  in fp32 until the target is met (``mixed_precision``);
+- bf16: the fp32 ONNX model run by OpenVINO in bf16 (a runtime setting: no file of its own);
+- fp16: TensorRT's fp16 engine (built by ``export --trt``; nothing to do here).
+
+Each backend that runs it is checked on held-out inputs by SNR against the searched fp32 forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from rfdeploy.backends import make_runner
+from rfdeploy.compiler.quantize import Int8Quantizer, quantized_nodes
+from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
+from rfdeploy.measure.mixed_precision import reach_snr
+from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, verify_on
+from rfdeploy.precision import check_precision, min_snr_for
+
+INT8_FILE = "model.int8.onnx"
+DEFAULT_BACKENDS = {"int8": ("onnxruntime",), "bf16": ("openvino",), "fp16": ()}
+
+
+@dataclass(frozen=True)
+class PrecisionRequest:
+    """``--precision`` and what goes with it: calibration (int8), the SNR to reach, where to verify."""
+
+    precision: str = "fp32"
+    calib: str | None = None  # a path, or "random"
+    calib_count: int = 32
+    calib_method: str = "minmax"
+    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+    min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
+    backends: tuple[str, ...] = ()  # () : DEFAULT_BACKENDS
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
+    @property
+    def target_db(self) -> float | None:
+        return min_snr_for(self.precision, self.min_snr_db)
+
+    @property
+    def verify_backends(self) -> tuple[str, ...]:
+        return self.backends or DEFAULT_BACKENDS.get(self.precision, ())
+
+
+@dataclass
+class PrecisionResult:
+    precision: str
+    target_db: float | None
+    checks: list[Verification]
+    calibration: CalibrationData | None = None
+    model: onnx.ModelProto | None = None  # the int8 model, to write as INT8_FILE
+    mixed: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def held_out(self) -> list[InputSet] | None:
+        return self.calibration.held_out if self.calibration else None
+
+    def to_json(self) -> dict:
+        return {"precision": self.precision, "min_snr_db": self.target_db,
+                "file": INT8_FILE if self.model is not None else None,
+                "quantized_nodes": quantized_nodes(self.model) if self.model is not None else None,
+                "calibration": self.calibration.to_json() if self.calibration else None,
+                "mixed_precision": self.mixed, "checks": [check.to_json() for check in self.checks],
+                "passed": self.passed}
+
+
+def check_request(request: PrecisionRequest, engine: bool) -> None:
+    """Refuse, before any work, a precision nothing will run."""
+    from rfdeploy.backends import backend
+
+    if request.precision == "fp16" and not engine:
+        raise RFDeployError("--precision fp16 deploys a TensorRT engine: add --trt (onnxruntime runs fp32 and int8, "
+                            "OpenVINO fp32, bf16 and int8)")
+    if request.precision != "int8" and request.calib is not None:
+        raise RFDeployError(f"--calib calibrates int8; --precision is {request.precision}")
+    for name in request.verify_backends:
+        backend(name).require("cpu", request.precision)
+
+
+def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference: Reference,
+           shapes: list[tuple[int, ...]], seed: int, fallback_sets: list[InputSet], tick=None) -> PrecisionResult:
+    """The ``request.precision`` artifact of ``compiled_onnx``, checked on every verification backend."""
+    step = tick or (lambda text: None)
+    target = request.target_db
+    if request.precision != "int8":
+        checks = [_check(name, compiled_onnx, request.precision, reference, fallback_sets, seed, target)
+                  for name in request.verify_backends]
+        return PrecisionResult(request.precision, target, checks)
+    input_names = [value.name for value in compiled_onnx.graph.input]
+    data = calibration_data(request.calib, shapes, request.calib_count, seed, request.preprocess, input_names)
+    first = request.verify_backends[0]
+
+    def snr_of(model: onnx.ModelProto) -> float:
+        with make_runner(first, None, [], threads=0, onnx_model=model, precision="int8") as runner:
+            return compare_on(runner, reference, data.held_out).snr_db
+
+    step(f"calibrating on {len(data.calibration)} batch(es) ({request.calib_method}) and quantizing")
+    with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method) as quantizer:
+        if request.min_snr_db is None:
+            model, mixed = quantizer.quantize(), None
+        else:
+            found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step)
+            model, mixed = found.model, found.to_json()
+    checks = [_check(name, model, "int8", reference, data.held_out, seed, target) for name in request.verify_backends]
+    return PrecisionResult("int8", target, checks, data, model, mixed, list(data.warnings))
+
+
+def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,
+           target: float | None) -> Verification:
+    with make_runner(name, None, [], threads=0, onnx_model=model, precision=precision) as runner:
+        return verify_on(runner, reference, sets, seed=seed, precision=precision, min_snr_db=target)

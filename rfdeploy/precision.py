@@ -1,0 +1,42 @@
+"""Number formats a deployment runs in, and how close to the searched fp32 model each must stay.
+
+fp32 is judged like every exact lowering: each output within ``atol + rtol * scale`` of the searched
+forward. A lower precision cannot meet 1e-4; it is judged by its signal-to-noise ratio against the
+searched fp32 outputs (``10 log10(sum e^2 / sum (a - e)^2)``, the worst output of the worst input set),
+with these defaults, settable with ``--min-snr``:
+
+- fp16 (10 mantissa bits, rounding noise about -66 dB per value): 40 dB, a relative RMS error of 1%.
+- bf16 (7 mantissa bits, about -48 dB per value; a ResNet-50-sized model accumulates that to 28-38 dB
+  with random weights, 41-47 dB with trained ones): 25 dB, 5.6% RMS.
+- int8 (calibrated per-channel weights, per-tensor activations): 15 dB, 18% RMS. Random-weight zoo
+  models calibrated on random inputs land at 16-25 dB; a trained model on real calibration data does
+  better. What the default catches is a broken deployment (a wrong scale, saturation, an overflow:
+  below 10 dB or not finite); what a task tolerates is the user's to say with ``--min-snr``.
+"""
+
+from __future__ import annotations
+
+from rfdeploy.errors import RFDeployError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_MIN_SNR_DB = {"fp16": 40.0, "bf16": 25.0, "int8": 15.0}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise RFDeployError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    return precision
+
+
+def parse_precisions(text: str) -> list[str]:
+    """``"fp32,int8"`` -> ``["fp32", "int8"]``, each checked, duplicates dropped."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise RFDeployError(f"no precision in '{text}' (known: {', '.join(PRECISIONS)})")
+    return list(dict.fromkeys(check_precision(name) for name in names))
+
+
+def min_snr_for(precision: str, given: float | None = None) -> float | None:
+    """The SNR a run at ``precision`` must reach: ``given``, else the default; None for fp32 (judged by
+    tolerances) unless given."""
+    return given if given is not None else DEFAULT_MIN_SNR_DB.get(precision)

@@ -1,0 +1,189 @@
+"""Lower precisions end to end: int8 (calibrated QDQ, mixed precision), bf16 on OpenVINO, and their checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from cli_util import MODEL, SHAPE, Files, assert_one_line_error, run_main
+from onnx import numpy_helper
+
+from rfdeploy import api
+from rfdeploy.backends import BACKENDS, backend
+from rfdeploy.backends.openvino_backend import cpu_capabilities
+from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.calibration import ImagePreprocess, calibration_data
+
+openvino = pytest.importorskip("openvino")
+HAS_BF16 = "BF16" in cpu_capabilities()
+
+
+@pytest.fixture()
+def files(tmp_path, monkeypatch) -> Files:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return Files(tmp_path)
+
+
+def searched_outputs(files: Files, x: np.ndarray) -> list[np.ndarray]:
+    searched = api.load(MODEL, files.ckpt, files.structure).searched
+    with torch.no_grad():
+        out = searched(torch.from_numpy(x))
+    return [out.double().numpy()]
+
+
+def snr_db(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(10 * np.log10((expected ** 2).sum() / ((actual - expected) ** 2).sum()))
+
+
+def calibration_file(files: Files, count: int = 12) -> str:
+    generator = np.random.default_rng(3)
+    path = files.root / "calib.npy"
+    np.save(path, generator.standard_normal((count, 3, 12, 12)).astype(np.float32))
+    return str(path)
+
+
+def test_int8_export_writes_a_calibrated_qdq_model_with_uint8_activations_and_per_channel_int8_weights(
+        files, capsys):
+    calib = calibration_file(files)
+    code, err = run_main(files.args() + ["--precision", "int8", "--calib", calib, "--calib-count", "8"], capsys)
+    assert code == 0, err
+    model = onnx.load(files.out / "model.int8.onnx")
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    quantize = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert quantize and all(initializers[node.input[2]].dtype == np.uint8 for node in quantize)
+    weights = [node for node in model.graph.node if node.op_type == "DequantizeLinear"
+               and initializers.get(node.input[0]) is not None and initializers[node.input[0]].dtype == np.int8]
+    assert weights and all(initializers[node.input[1]].size > 1 for node in weights)  # one scale per channel
+    report = json.loads((files.out / "report.json").read_text())["precision"]
+    assert report["calibration"]["calibration_sets"] == 8 and report["passed"]
+    held_out = report["calibration"]["held_out_sets"]
+    assert held_out == ["calib.npy[8:9]", "calib.npy[9:10]"]  # never the calibration samples
+    # the SNR the report gives is what the written file computes, on the held-out sample
+    x = np.load(calib)[8:9]
+    session = ort.InferenceSession(str(files.out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float64)
+    expected = searched_outputs(files, x)[0]
+    check = report["checks"][0]
+    assert check["backend"] == "onnxruntime-cpu-int8" and check["precision"] == "int8"
+    assert check["snr_db"] <= snr_db(actual, expected) + 1e-6  # the worst of the held-out samples
+    assert check["snr_db"] >= 15.0 and check["cosine"] > 0.95
+
+
+def test_int8_without_calibration_data_is_refused_naming_calib(files, capsys):
+    code, err = run_main(files.args() + ["--precision", "int8"], capsys)
+    assert_one_line_error(code, err, "--calib")
+    assert not files.out.exists()
+
+
+def test_calib_random_deploys_with_a_warning_that_accuracy_is_unknown(files, capsys):
+    code, err = run_main(files.args() + ["--precision", "int8", "--calib", "random", "--calib-count", "4"], capsys)
+    assert code == 0, err
+    assert any(line.startswith("rfdeploy: warning: --calib random") for line in err.splitlines())
+    report = json.loads((files.out / "report.json").read_text())["precision"]
+    assert report["calibration"]["random"] and report["passed"]
+
+
+def test_an_unreachable_snr_writes_nothing_but_the_failed_report(files, capsys):
+    code, err = run_main(files.args() + ["--precision", "int8", "--calib", "random", "--calib-count", "4",
+                                         "--min-snr", "400"], capsys)
+    assert code == 1, err
+    assert sorted(p.name for p in files.out.iterdir()) == ["failed-report.json"]
+    report = json.loads((files.out / "failed-report.json").read_text())["precision"]
+    assert not report["passed"] and not report["mixed_precision"]["met"]
+
+
+def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(files):
+    shape = [tuple(int(d) for d in SHAPE.split(","))]
+    plain = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
+                       precision=_request("int8", calib="random", calib_count=4))
+    reached = plain.report["precision"]["checks"][0]["snr_db"]
+    target = reached + 6.0  # out of reach of the all-int8 model
+    mixed = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
+                       precision=_request("int8", calib="random", calib_count=4, min_snr_db=target))
+    section = mixed.report["precision"]
+    assert section["passed"] and section["checks"][0]["snr_db"] >= target
+    kept = section["mixed_precision"]["kept_fp32_nodes"]
+    assert kept and section["quantized_nodes"] < plain.report["precision"]["quantized_nodes"]
+    graph_nodes = {node.name for node in mixed.precision.model.graph.node}
+    assert set(kept) <= graph_nodes  # the kept nodes are still there, unquantized
+
+
+def _request(precision, **options):
+    from rfdeploy.measure.reduced_precision import PrecisionRequest
+
+    return PrecisionRequest(precision, **options)
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AMX nor AVX512-BF16")
+def test_bf16_export_is_checked_on_openvino_by_snr(files, capsys):
+    code, err = run_main(files.args() + ["--precision", "bf16"], capsys)
+    assert code == 0, err
+    check = json.loads((files.out / "report.json").read_text())["precision"]["checks"][0]
+    assert check["backend"] == "openvino-bf16" and 25.0 <= check["snr_db"] < 80.0
+    assert not (files.out / "model.int8.onnx").exists()
+
+
+def test_openvino_fp32_is_exact_because_its_precision_is_set(files):
+    loaded = api.load(MODEL, files.ckpt, files.structure)
+    result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False)
+    from rfdeploy.backends import make_runner
+    from rfdeploy.measure.verify import verify
+
+    with make_runner("openvino", None, [], onnx_model=result.onnx_model) as runner:
+        check = verify(runner, loaded.searched, [(1, 3, 12, 12)])
+    assert check.passed and check.max_rel_err < 1e-4
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (["--precision", "bf16", "--verify-backends", "onnxruntime"], ("onnxruntime", "bf16", "openvino")),
+    (["--precision", "fp16"], ("fp16", "--trt")),
+    (["--precision", "int8", "--calib", "random", "--verify-backends", "torch"], ("torch", "int8")),
+    (["--precision", "bf16", "--calib", "random"], ("--calib", "bf16")),
+    (["--precision", "int8", "--calib", "nowhere.npz"], ("nowhere.npz",)),
+    (["--precision", "int8", "--calib", "random", "--calib-std", "1,0,1"], ("--calib-std",)),
+])
+def test_unsupported_precision_pairs_are_one_line_errors_before_any_work(files, capsys, argv, names):
+    code, err = run_main(files.args() + argv, capsys)
+    assert_one_line_error(code, err, *names)
+    assert not files.out.exists()
+
+
+def test_every_backend_states_the_precisions_it_runs_fp32_first():
+    for entry in BACKENDS.values():
+        assert entry.precisions[0] == "fp32"
+    with pytest.raises(RFDeployError, match="runs fp32, int8, not bf16 .bf16 runs on torch, torch-compile, openvino"):
+        backend("onnxruntime").require_precision("bf16")
+
+
+def test_calibration_batches_and_held_out_batches_never_overlap(tmp_path):
+    path = tmp_path / "samples.npz"
+    np.savez(path, input=np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2))
+    data = calibration_data(str(path), [(2, 3, 2, 2)], count=8, input_names=["input"])
+    # 5 batches of 2: one held out (a fifth), the other four calibrate (fewer than asked, with a warning)
+    assert len(data.calibration) == 4 and len(data.held_out) == 1 and data.warnings
+    seen = [tuple(s.tensors[0][:, 0, 0, 0].tolist()) for s in data.calibration + data.held_out]
+    assert len(set(seen)) == 5
+    with pytest.raises(RFDeployError, match="at least 2"):
+        calibration_data(str(path), [(10, 3, 2, 2)], count=8, input_names=["input"])
+    with pytest.raises(RFDeployError, match="K,3,4,4"):
+        calibration_data(str(path), [(1, 3, 4, 4)], count=8, input_names=["input"])
+
+
+def test_images_are_resized_cropped_and_normalised_as_configs_state(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, colour in enumerate([(10, 100, 200), (200, 50, 0), (0, 0, 0)]):
+        image.new("RGB", (40, 20), colour).save(folder / f"{index}.png")
+    preprocess = ImagePreprocess(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
+    data = calibration_data(str(folder), [(1, 3, 8, 8)], count=2, preprocess=preprocess)
+    first = data.calibration[0].tensors[0]
+    assert first.shape == (1, 3, 8, 8)
+    assert torch.equal(first[0, :, 0, 0], torch.tensor([(10 - 10) / 2, (100 - 20) / 4, (200 - 30) / 5]))
+    bgr = calibration_data(str(folder), [(1, 3, 8, 8)], 2, preprocess=ImagePreprocess(mean=(0, 0, 0), std=(1, 1, 1),
+                                                                                       bgr=True))
+    assert bgr.calibration[0].tensors[0][0, :, 0, 0].tolist() == [200.0, 100.0, 10.0]
