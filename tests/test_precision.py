@@ -12,7 +12,7 @@ import torch
 from cli_util import MODEL, SHAPE, Files, assert_one_line_error, run_main
 from onnx import numpy_helper
 
-from rfdeploy import api
+from rfdeploy import api, cli
 from rfdeploy.backends import BACKENDS, backend
 from rfdeploy.backends.openvino_backend import cpu_capabilities
 from rfdeploy.errors import RFDeployError
@@ -187,3 +187,55 @@ def test_images_are_resized_cropped_and_normalised_as_configs_state(tmp_path):
     bgr = calibration_data(str(folder), [(1, 3, 8, 8)], 2, preprocess=ImagePreprocess(mean=(0, 0, 0), std=(1, 1, 1),
                                                                                        bgr=True))
     assert bgr.calibration[0].tensors[0][0, :, 0, 0].tolist() == [200.0, 100.0, 10.0]
+
+
+def bench_argv(files: Files, *extra: str) -> list[str]:
+    return ["bench", "--model", MODEL, "--ckpt", str(files.ckpt), "--structure", str(files.structure),
+            "--input-shape", SHAPE, "--warmup", "1", "--iters", "3", "--threads", "1", "--json", *extra]
+
+
+def test_bench_times_every_backend_and_precision_in_one_run_with_snr_and_ratios(files, capsys):
+    precisions = "fp32,bf16,int8" if HAS_BF16 else "fp32,int8"
+    code = cli.main(bench_argv(files, "--backends", "onnxruntime,openvino", "--precisions", precisions, "--calib",
+                               "random", "--calib-count", "4"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    rows = {(r["backend"], r["variant"], r["precision"]): r for r in data["results"]}
+    expected = {("onnxruntime", "searched", "fp32"), ("onnxruntime", "compiled", "fp32"),
+                ("onnxruntime", "compiled", "int8"), ("openvino", "searched", "fp32"),
+                ("openvino", "compiled", "fp32"), ("openvino", "compiled", "int8")}
+    if HAS_BF16:
+        expected.add(("openvino", "compiled", "bf16"))
+    assert set(rows) == expected
+    assert data["skipped"] == (["onnxruntime bf16"] if HAS_BF16 else [])
+    reference = rows[("onnxruntime", "searched", "fp32")]
+    assert data["reference"] == "onnxruntime searched fp32" and reference["ratio"] == 1.0
+    for row in rows.values():
+        assert row["ratio"] == pytest.approx(row["p50_ms"] / reference["p50_ms"])
+    for key in (("onnxruntime", "compiled", "fp32"), ("openvino", "compiled", "fp32")):
+        assert rows[key]["max_rel_err"] < 1e-4 and rows[key]["snr_db"] > 80
+    for key, row in rows.items():
+        if key[2] != "fp32":
+            assert 15 <= row["snr_db"] < 80, key
+    assert data["precision"]["calibration"]["random"]
+
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (["--backends", "onnxruntime", "--precisions", "bf16"], ("bf16", "openvino")),
+    (["--backends", "onnxruntime", "--precisions", "fp32,int8"], ("--calib",)),
+    (["--backends", "onnxruntime", "--precisions", "fp64"], ("fp64",)),
+])
+def test_bench_refuses_precisions_its_backends_cannot_run(files, capsys, argv, names):
+    code, err = run_main(bench_argv(files, *argv), capsys)
+    assert_one_line_error(code, err, *names)
+
+
+def test_an_int8_engine_is_built_only_from_a_quantized_model(files):
+    from rfdeploy.backends import tensorrt as trt_backend
+
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    request = trt_backend.EngineRequest(trt_backend.BuildOptions("int8"))
+    with pytest.raises(RFDeployError, match="model.onnx: an int8 engine is built from a quantized .QDQ. model"):
+        trt_backend.build(fp32.SerializeToString(), request, "model.onnx")

@@ -16,10 +16,28 @@ from rich.table import Table
 
 from rfdeploy import api
 from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
-from rfdeploy.commands.common import COUNT, SEED, add_model_arguments, console, require, warn
+from rfdeploy.commands.common import (
+    COUNT,
+    SEED,
+    add_model_arguments,
+    add_precision_arguments,
+    console,
+    precision_request,
+    require,
+    warn,
+)
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.bench import VARIANTS, BenchReport, bench, free_cores, planned_ticks, randomize_alphas
+from rfdeploy.measure.bench import (
+    VARIANTS,
+    BenchReport,
+    bench,
+    check_bench_precisions,
+    free_cores,
+    planned_ticks,
+    randomize_alphas,
+)
+from rfdeploy.precision import parse_precisions
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +61,10 @@ def add_parser(subparsers) -> None:
                              "depend on them (default: the structure file's equal initial alphas)")
     parser.add_argument("--with-plain", action="store_true",
                         help="also time the single-branch network of the same shape (a cost reference)")
+    parser.add_argument("--precisions", default="fp32", type=parse_precisions_arg, metavar="LIST",
+                        help="number formats, comma-separated, of: fp32, fp16, bf16, int8; a lower one times the "
+                             "compiled model on each backend that runs it (int8 needs --calib)")
+    add_precision_arguments(parser)
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random input")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(run=run)
@@ -55,10 +77,22 @@ def parse_backends_arg(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def parse_precisions_arg(text: str) -> list[str]:
+    try:
+        return parse_precisions(text)
+    except RFDeployError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
                                                              "give --ckpt or --random-alphas, not both")
     check_backends(args.backends, args.device)
+    check_bench_precisions(args.backends, args.precisions)
+    request = precision_request(args, "int8")
+    if "int8" in args.precisions and request.calib is None:
+        raise RFDeployError("--precisions int8 needs calibration data: give --calib PATH (.npy, .npz or a folder of "
+                            "images), or --calib random (its accuracy then says nothing)")
     loaded = api.load(args.model, args.ckpt, args.structure)
     shapes = api.input_shapes_for(loaded, args.input_shapes)
     warn(loaded.info.warnings)  # once the input is known good: a bad one gets its one error line alone
@@ -66,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.random_alphas is not None:
         randomize_alphas(loaded.searched, args.random_alphas)
     variant_count = len(VARIANTS) + int(args.with_plain)
+    rows = len(args.backends) * (variant_count + len(args.precisions) - 1)
     with progress_bar() as progress:
         choices = None
         if args.tune:
@@ -76,10 +111,12 @@ def run(args: argparse.Namespace) -> int:
                                     tick=lambda text: progress.update(task, description=f"tuning {text}"))
             choices = tuning.choices
             progress.update(task, visible=False)
-        task = progress.add_task("benchmark", total=planned_ticks(args.backends, variant_count, args.warmup, args.iters))
+        task = progress.add_task("benchmark", total=planned_ticks(rows, args.warmup, args.iters))
         report = bench(loaded.searched, shapes, args.backends, args.device, args.warmup, args.iters, args.threads,
                        args.mode, choices, args.seed, args.with_plain, loaded.model_name,
-                       tick=lambda text: progress.update(task, advance=1, description=text))
+                       tick=lambda text: progress.update(task, advance=1, description=text),
+                       precisions=args.precisions, precision_request=request)
+    warn(report.precision.get("warnings", []))
     if args.tune:
         report.compile["tune"] = args.tune
     if args.json:
@@ -106,20 +143,36 @@ def error_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2e}"
 
 
+def snr_text(row) -> str:
+    if row.max_abs_err is None:
+        return "n/a"
+    return "inf" if row.snr_db is None else f"{row.snr_db:.1f}"
+
+
 def print_table(report: BenchReport) -> None:
     speedups = report.speedups()
+    flags = f"; CPU flags: {' '.join(report.cpu_flags) or 'none of VNNI/BF16/AMX'}" if report.cpu_flags else ""
     table = Table(title=f"{report.model} ({report.searched_layers} searched layers) {report.input_shapes} on "
                         f"{report.device_name} ({report.device}, {report.threads} threads, {report.iters} runs "
-                        f"after {report.warmup} warm-up)")
-    for column in ("backend", "variant", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err", "max_rel_err",
-                   "speedup"):
-        table.add_column(column, justify="left" if column in ("backend", "variant") else "right")
+                        f"after {report.warmup} warm-up{flags})")
+    for column in ("backend", "variant", "precision", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err",
+                   "max_rel_err", "SNR dB", "speedup", "ratio"):
+        table.add_column(column, justify="left" if column in ("backend", "variant", "precision") else "right")
     for r in report.results:
-        speedup = f"{speedups[r.backend]:.3f}x" if r.variant == "compiled" and r.backend in speedups else ""
-        table.add_row(r.backend, r.variant, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
-                      f"{r.throughput:.1f}", error_text(r.max_abs_err), error_text(r.max_rel_err), speedup)
+        speedup = (f"{speedups[r.backend]:.3f}x" if r.variant == "compiled" and r.precision == "fp32"
+                   and r.backend in speedups else "")
+        table.add_row(r.backend, r.variant, r.precision, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}",
+                      f"{r.throughput:.1f}", error_text(r.max_abs_err), error_text(r.max_rel_err), snr_text(r),
+                      speedup, "" if r.ratio is None else f"{r.ratio:.3f}")
     console.print(table)
     console.print("speedup = searched p50 / compiled p50 on the same backend, timed interleaved in this run")
+    if report.reference:
+        console.print(f"ratio = p50 / the p50 of {report.reference} (below 1: faster), in this run")
+    if report.skipped:
+        console.print(f"not run (the backend lacks the precision): {', '.join(report.skipped)}")
+    if report.precision:
+        console.print(f"int8 SNR on the held-out batches {', '.join(report.precision['calibration']['held_out_sets'])}; "
+                      f"other rows on the timed input")
     if any(r.variant == "plain" for r in report.results):
         console.print("plain = each searched conv with only its largest-alpha branch: a cost reference, not the "
                       "searched model, so its errors are n/a")

@@ -1,10 +1,11 @@
-"""Benchmarks: the searched model as trained against rfdeploy's compiled model, per backend.
+"""Benchmarks: the searched model as trained against rfdeploy's compiled model, per backend and precision.
 
-Every variant of a backend is timed in the same run, interleaved (one run of each in turn, the order
-rotating every round) after a warm-up, so that drift in the machine's speed hits all variants alike.
-A CPU run is timed by the wall clock; a CUDA run by CUDA events around the call, with PyTorch in full
-fp32 (no TF32; see ``torch_settings``). Accuracy is measured against PyTorch's searched forward on the
-same inputs.
+Every row (backend x variant x precision) is timed in the same run, interleaved (one run of each in
+turn, the order rotating every round) after a warm-up, so that drift in the machine's speed hits all
+rows alike. A CPU run is timed by the wall clock; a CUDA run by CUDA events around the call, with
+PyTorch in full fp32 (no TF32; see ``torch_settings``). Accuracy is measured against PyTorch's searched
+fp32 forward: on the timed input, and for int8 on the held-out calibration batches. Ratios are to the
+searched fp32 model on onnxruntime (else on the first backend).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import onnx
 import torch
 from torch import nn
 
-from rfdeploy.backends import Runner, check_backends, make_runner
+from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.pipeline import compile_model, plain_model, searched_layers
-from rfdeploy.measure.verify import compare, random_inputs, reference_outputs
+from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.verify import InputSet, Reference, compare_on, finite_db, random_inputs
 
 VARIANTS = ("searched", "compiled")
 Tick = Callable[[str], None]
@@ -155,6 +157,9 @@ class BenchResult:
     max_abs_err: float | None  # None for a cost reference (not an exact model)
     max_rel_err: float | None
     iters: int
+    precision: str = "fp32"
+    snr_db: float | None = None  # None: no difference at all, or a cost reference
+    ratio: float | None = None  # p50 / the reference row's p50 (``BenchReport.reference``)
 
 
 @dataclass
@@ -170,10 +175,14 @@ class BenchReport:
     searched_layers: int = 0
     results: list[BenchResult] = field(default_factory=list)
     compile: dict = field(default_factory=dict)
+    reference: str = ""  # the row ratios are to: "BACKEND searched fp32"
+    cpu_flags: list[str] = field(default_factory=list)  # those that decide int8 / bf16 speed
+    precision: dict = field(default_factory=dict)  # calibration and targets of the lower precisions
+    skipped: list[str] = field(default_factory=list)  # "BACKEND PRECISION" pairs the backend does not run
 
     def speedups(self) -> dict[str, float]:
-        """Per backend: searched median / compiled median (above 1: compiled is faster)."""
-        p50 = {(r.backend, r.variant): r.p50_ms for r in self.results}
+        """Per backend: searched median / compiled median, both fp32 (above 1: compiled is faster)."""
+        p50 = {(r.backend, r.variant): r.p50_ms for r in self.results if r.precision == "fp32"}
         return {backend: p50[(backend, "searched")] / p50[(backend, "compiled")]
                 for backend, variant in p50 if variant == "compiled" and (backend, "searched") in p50}
 
@@ -184,60 +193,156 @@ class BenchReport:
 def versions() -> dict[str, str]:
     import onnxruntime
 
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    found = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    with contextlib.suppress(ImportError):
+        import openvino
+
+        found["openvino"] = openvino.__version__
+    return found
 
 
-def planned_ticks(backends: list[str], variant_count: int, warmup: int, iters: int) -> int:
-    """How many times ``bench`` calls ``tick``: one set-up and one accuracy check per runner, plus runs."""
-    return len(backends) * variant_count * (2 + warmup + iters)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
 
 
-def bench_backend(backend: str, chosen: list[Variant], inputs: list[torch.Tensor], expected: list[np.ndarray],
-                  device: str, threads: int, warmup: int, iters: int, tick: Tick) -> list[BenchResult]:
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide int8 and bf16 speed (VNNI, AVX512-BF16, AMX), from ``/proc/cpuinfo``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in SPEED_FLAGS if flag in present]
+    return []
+
+
+@dataclass
+class Row:
+    """One timed runner: a variant of the model on a backend at a precision."""
+
+    backend: str
+    variant: Variant
+    precision: str = "fp32"
+    onnx_model: onnx.ModelProto | None = None  # at int8, the quantized model
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend} {self.variant.name} {self.precision}"
+
+
+def plan_rows(backends: list[str], chosen: list[Variant], precisions: list[str]) -> tuple[list[Row], list[str]]:
+    """fp32: every variant on every backend; a lower precision: the compiled variant, on each backend that
+    runs it. Also the backend-precision pairs left out, as ``"BACKEND PRECISION"``."""
+    rows, skipped = [], []
+    for name in backends:
+        for precision in precisions:
+            if precision not in backend(name).precisions:
+                skipped.append(f"{name} {precision}")
+                continue
+            rows += [Row(name, v, precision) for v in chosen if precision == "fp32" or v.name == "compiled"]
+    return rows, skipped
+
+
+def planned_ticks(rows: int, warmup: int, iters: int) -> int:
+    """How many times ``bench`` calls ``tick``: one set-up and one accuracy check per row, plus runs."""
+    return rows * (2 + warmup + iters)
+
+
+def bench_rows(rows: list[Row], inputs: list[torch.Tensor], reference: Reference, int8_sets: list[InputSet] | None,
+               device: str, threads: int, warmup: int, iters: int, tick: Tick) -> list[BenchResult]:
+    timed = InputSet("bench input", tuple(inputs))
     with contextlib.ExitStack() as open_runners:
         runners: dict[str, Runner] = {}
-        for variant in chosen:
-            tick(f"{backend}: preparing {variant.name}")
-            onnx_model = None if backend == "torch" else variant.onnx_for(inputs)
-            runners[variant.name] = open_runners.enter_context(
-                make_runner(backend, variant.model, inputs, device, threads, onnx_model))
-            runners[variant.name].load(inputs)
-        errors: dict[str, tuple[float | None, float | None]] = {}
-        for variant in chosen:
-            tick(f"{backend}: checking {variant.name}")
-            runners[variant.name].run()
-            comparison = compare(runners[variant.name].fetch(), expected)
-            errors[variant.name] = (comparison.max_abs, comparison.max_rel) if variant.exact else (None, None)
-        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device,
-                                   lambda text: tick(f"{backend}: {text}"))
+        for row in rows:
+            tick(f"preparing {row.key}")
+            onnx_model = row.onnx_model
+            if onnx_model is None and backend(row.backend).runs_onnx:
+                onnx_model = row.variant.onnx_for(inputs)
+            runners[row.key] = open_runners.enter_context(
+                make_runner(row.backend, row.variant.model, inputs, device, threads, onnx_model, row.precision))
+        errors = {}
+        for row in rows:
+            tick(f"checking {row.key}")
+            sets = int8_sets if row.precision == "int8" and int8_sets else [timed]
+            errors[row.key] = compare_on(runners[row.key], reference, sets) if row.variant.exact else None
+            runners[row.key].load(inputs)
+        samples = time_interleaved({key: runner.run for key, runner in runners.items()}, warmup, iters, device, tick)
     batch = int(inputs[0].shape[0])
     results = []
-    for name, values in samples.items():
-        stats = summarize(values)
-        results.append(BenchResult(backend, name, device, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.mean_ms,
-                                   stats.min_ms, batch * 1e3 / stats.p50_ms, *errors[name], stats.iters))
+    for row in rows:
+        stats, error = summarize(samples[row.key]), errors[row.key]
+        results.append(BenchResult(
+            row.backend, row.variant.name, device, stats.p50_ms, stats.p90_ms, stats.p99_ms, stats.mean_ms,
+            stats.min_ms, batch * 1e3 / stats.p50_ms, error.max_abs if error else None,
+            error.max_rel if error else None, stats.iters, row.precision,
+            finite_db(error.snr_db) if error else None))
     return results
+
+
+def with_ratios(results: list[BenchResult]) -> str:
+    """Sets each row's ratio to the searched fp32 model on onnxruntime (else the first searched fp32 row);
+    returns that row's name."""
+    searched = [r for r in results if r.variant == "searched" and r.precision == "fp32"]
+    if not searched:
+        return ""
+    reference = next((r for r in searched if r.backend == "onnxruntime"), searched[0])
+    for r in results:
+        r.ratio = r.p50_ms / reference.p50_ms
+    return f"{reference.backend} searched fp32"
 
 
 def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: list[str], device: str = "cpu",
           warmup: int = 10, iters: int = 50, threads: int = 1, mode: str = "auto",
           choices: dict[str, str] | None = None, seed: int = 0, with_plain: bool = False,
-          model_name: str = "", tick: Tick | None = None) -> BenchReport:
-    """Each backend runs the searched and the compiled model (and the plain one, if asked) on one input."""
+          model_name: str = "", tick: Tick | None = None, precisions: list[str] | None = None,
+          precision_request=None) -> BenchReport:
+    """Each backend runs the searched and the compiled model (and the plain one, if asked) on one input, in
+    fp32 and, where it runs them, the compiled model in each lower precision of ``precisions`` (int8
+    calibrated as ``precision_request`` says), every row interleaved with every other."""
+    precisions = precisions or ["fp32"]
+    check_bench_precisions(backends, precisions)
     check_backends(backends, device)
     tick = tick or (lambda text: None)
     compiled = compile_model(searched, mode, choices=choices)
     chosen = variants(searched, compiled.model, with_plain)
     inputs = random_inputs(input_shapes, seed)
-    expected = reference_outputs(searched, inputs)
+    reference = Reference(searched)
     report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
-                         warmup, iters, versions(), len(compiled.layers))
+                         warmup, iters, versions(), len(compiled.layers), cpu_flags=cpu_flags() if device == "cpu" else [])
     report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
                       "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
+    rows, report.skipped = plan_rows(backends, chosen, precisions)
+    int8_sets = None
+    if any(row.precision == "int8" for row in rows):
+        int8_model, int8_sets, report.precision = quantized_for_bench(chosen[1].onnx_for(inputs), reference,
+                                                                       input_shapes, seed, precision_request, tick)
+        for row in rows:
+            row.onnx_model = int8_model if row.precision == "int8" else None
     with torch_settings(threads):
-        for backend in backends:
-            report.results += bench_backend(backend, chosen, inputs, expected, device, threads, warmup, iters, tick)
+        report.results = bench_rows(rows, inputs, reference, int8_sets, device, threads, warmup, iters, tick)
+    report.reference = with_ratios(report.results)
     return report
+
+
+def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:
+    """Every precision asked for must run on one of the backends."""
+    for precision in precisions:
+        if not any(precision in backend(name).precisions for name in backends):
+            runs_it = [name for name, entry in BACKENDS.items() if precision in entry.precisions]
+            raise RFDeployError(f"--precisions {precision}: none of --backends {','.join(backends)} runs it "
+                                f"({precision} runs on {', '.join(runs_it)})")
+
+
+def quantized_for_bench(compiled_onnx: onnx.ModelProto, reference: Reference, shapes: list[tuple[int, ...]],
+                        seed: int, request, tick: Tick) -> tuple[onnx.ModelProto, list[InputSet], dict]:
+    """The compiled model in int8, as ``export --precision int8`` makes it, and the held-out batches."""
+    from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
+
+    request = request or PrecisionRequest("int8")
+    request = PrecisionRequest("int8", request.calib, request.calib_count, request.calib_method,
+                               request.preprocess, request.min_snr_db, ("onnxruntime",))
+    tick("calibrating and quantizing the compiled model to int8")
+    result = deploy(request, compiled_onnx, reference, shapes, seed, [], tick)
+    assert result.model is not None and result.held_out is not None
+    return result.model, result.held_out, result.to_json() | {"warnings": result.warnings}
 
 
 def free_cores() -> tuple[int, int, float]:
