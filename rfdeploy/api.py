@@ -39,6 +39,7 @@ from rfdeploy.measure.reduced_precision import (
     INT8_FILE,
     PrecisionRequest,
     PrecisionResult,
+    calibration_for,
     check_request,
     deploy,
 )
@@ -180,6 +181,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     if opset not in OPSETS:
         raise RFDeployError(f"opset {opset} is not supported (from {OPSETS.start} to {OPSETS.stop - 1})")
     lowered = precision if precision is not None and precision.precision != "fp32" else None
+    if tune:  # an unknown backend, or one that lacks the precision, fails before the work
+        from rfdeploy.measure.tune import parse_target
+
+        parse_target(tune, lowered.precision if lowered is not None else "fp32")
     if lowered is not None:
         check_request(lowered, engine is not None)
         if engine is not None and lowered.precision in trt_backend.PRECISIONS:
@@ -199,12 +204,17 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     other = other_shapes(shapes, dynamic_shape) if dynamic_batch or dynamic_shape else None
     if other is not None:
         input_shapes_for(loaded, other, what="the second verification shape of a dynamic export")
+    calibration = None
+    if lowered is not None and lowered.precision == "int8":
+        calibration = calibration_for(lowered, shapes, seed, io_names(len(shapes), "input"))
     tuning = None
     if tune:
         from rfdeploy.measure.tune import tune_lowerings
 
-        step(f"timing each layer's lowerings on {tune}")
-        tuning = tune_lowerings(loaded.searched, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))
+        tune_precision = lowered.precision if lowered is not None else "fp32"
+        step(f"timing each layer's lowerings on {tune} in {tune_precision}")
+        tuning = tune_lowerings(loaded.searched, shapes, tune, tick=lambda layer: step(f"tuned {layer}"),
+                                precision=tune_precision, calibration=calibration.calibration if calibration else None)
         choices = {**tuning.choices, **(choices or {})}
     step("compiling")
     result = compile_model(loaded.searched, mode, choices=choices)
@@ -246,7 +256,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     exported = ExportResult(report, onnx_model, result.model, Path(out))
     if lowered is not None and verification["passed"]:
         step(f"deploying at {lowered.precision}")
-        exported.precision = deploy(lowered, onnx_model, reference, shapes, seed, sets, step)
+        exported.precision = deploy(lowered, onnx_model, reference, shapes, seed, sets, step, calibration)
         report["precision"] = exported.precision.to_json() | {"warnings": exported.precision.warnings}
         verification["passed"] = verification["passed"] and exported.precision.passed
     if engine is not None and verification["passed"]:

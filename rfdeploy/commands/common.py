@@ -211,8 +211,11 @@ def print_tuning(tuning: dict | None) -> None:
     if not tuning:
         return
     chosen = [layer["chosen"] for layer in tuning["layers"]]
-    console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
-                  f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
+    for_accuracy = [layer["name"] for layer in tuning["layers"] if not layer["why"].startswith("fastest")]
+    accuracy = f"; {len(for_accuracy)} kept for accuracy, not speed ({', '.join(for_accuracy)})" if for_accuracy else ""
+    console.print(f"lowering timed per layer on {tuning['backend']} in {tuning['precision']} ({tuning['device_name']}, "
+                  f"{tuning['threads']} threads): {chosen.count('single')} single, {chosen.count('multi')} multi"
+                  f"{accuracy}; timings in the report")
 
 
 TRITON_EXPORT_ONLY = ("triton_name", "max_batch", "instances", "kind")

@@ -93,17 +93,24 @@ def check_request(request: PrecisionRequest, engine: bool) -> None:
         backend(name).require("cpu", request.precision)
 
 
+def calibration_for(request: PrecisionRequest, shapes: list[tuple[int, ...]], seed: int,
+                    input_names: list[str]) -> CalibrationData:
+    return calibration_data(request.calib, shapes, request.calib_count, seed, request.preprocess, input_names)
+
+
 def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference: Reference,
-           shapes: list[tuple[int, ...]], seed: int, fallback_sets: list[InputSet], tick=None) -> PrecisionResult:
-    """The ``request.precision`` artifact of ``compiled_onnx``, checked on every verification backend."""
+           shapes: list[tuple[int, ...]], seed: int, fallback_sets: list[InputSet], tick=None,
+           data: CalibrationData | None = None) -> PrecisionResult:
+    """The ``request.precision`` artifact of ``compiled_onnx``, checked on every verification backend
+    (int8: calibrated on ``data``, else on the data ``request`` names)."""
     step = tick or (lambda text: None)
     target = request.target_db
     if request.precision != "int8":
         checks = [_check(name, compiled_onnx, request.precision, reference, fallback_sets, seed, target)
                   for name in request.verify_backends]
         return PrecisionResult(request.precision, target, checks)
-    input_names = [value.name for value in compiled_onnx.graph.input]
-    data = calibration_data(request.calib, shapes, request.calib_count, seed, request.preprocess, input_names)
+    if data is None:
+        data = calibration_for(request, shapes, seed, [value.name for value in compiled_onnx.graph.input])
     first = request.verify_backends[0]
 
     def snr_of(model: onnx.ModelProto) -> float:

@@ -9,6 +9,12 @@ This is repeated in several fresh sessions, and each candidate keeps its lowest 
 onnxruntime CPU a one-layer session was seen to stay up to 1.5x slower than an identical one for all of
 its runs (we did not find why), which would otherwise decide close calls. The candidate with the lowest
 such median is kept.
+
+At a lower precision the candidates are timed in it (at int8 each one-layer model, the searched op's
+too, is quantized on the layer's own inputs from the calibration batches), and each one's SNR against the
+searched op's fp32 output is measured as well: ``single`` sums the branches' weights before they are
+rounded, ``multi`` rounds each branch's, so the two can quantize differently. The fastest is kept
+unless it is more than ``SNR_MARGIN_DB`` worse than the other; the report says which and why.
 """
 
 from __future__ import annotations
@@ -17,19 +23,24 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+import onnx
 import torch
 from torch import nn
 
 from rfdeploy.backends import BACKENDS, check_backends, make_runner
+from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.ir import from_searched, to_module
 from rfdeploy.compiler.pipeline import lower_layer, searched_layers
+from rfdeploy.compiler.quantize import quantize_int8
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.bench import Tick, device_name, summarize, time_interleaved, torch_settings
-from rfdeploy.measure.verify import random_inputs
+from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
 
 CANDIDATES = ("single", "multi")
 REFERENCE = "searched"
+SNR_MARGIN_DB = 3.0  # a faster lowering may cost this much SNR, no more (half the signal-to-noise power)
+CALIBRATION_SETS = 4  # per layer, at int8
 
 
 @dataclass
@@ -43,6 +54,9 @@ class LayerTiming:
     session_medians_ms: dict[str, list[float]]
     ratio_to_searched: dict[str, float]  # per candidate: its median_ms / the searched op's
     chosen: str
+    precision: str = "fp32"
+    snr_db: dict[str, float | None] | None = None  # below fp32: per candidate, against the searched fp32 op
+    why: str = "fastest"
 
 
 @dataclass
@@ -55,6 +69,7 @@ class TuningResult:
     iters: int
     sessions: int
     layers: list[LayerTiming] = field(default_factory=list)
+    precision: str = "fp32"
 
     @property
     def choices(self) -> dict[str, str]:
@@ -69,7 +84,7 @@ UNTUNABLE = {"torch-compile": "compiling each candidate of each layer would take
                               "tune on torch (the same convolution kernels, eager) instead"}
 
 
-def parse_target(target: str) -> tuple[str, str]:
+def parse_target(target: str, precision: str = "fp32") -> tuple[str, str]:
     """``BACKEND[:DEVICE]`` -> (backend, device); a GPU-only backend defaults to CUDA."""
     backend, _, device = target.partition(":")
     if backend not in BACKENDS:
@@ -77,27 +92,37 @@ def parse_target(target: str) -> tuple[str, str]:
     if backend in UNTUNABLE:
         raise RFDeployError(f"--tune {backend}: not supported: {UNTUNABLE[backend]}")
     device = device or BACKENDS[backend].devices[0]
-    check_backends([backend], device)
+    try:
+        check_backends([backend], device, precision)
+    except RFDeployError as error:
+        raise RFDeployError(f"--tune {target}: {error}") from None
     return backend, device
 
 
-def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]], seed: int = 0) -> dict[str, tuple]:
-    """The shape each searched layer's input has in one forward of the whole model."""
-    seen: dict[str, tuple] = {}
+def layer_inputs(searched: nn.Module, input_sets: list[list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+    """Each searched layer's input in a forward of the whole model on each input set."""
+    seen: dict[str, list[torch.Tensor]] = {}
 
     def recorder(name: str):
         def record(module: nn.Module, args: tuple) -> None:  # returns None: the inputs stay as they are
-            seen.setdefault(name, tuple(args[0].shape))
+            seen.setdefault(name, []).append(args[0].detach().clone())
         return record
 
     hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in searched_layers(searched)]
     try:
         with torch.no_grad():
-            searched(*random_inputs(input_shapes, seed))
+            for inputs in input_sets:
+                searched(*inputs)
     finally:
         for hook in hooks:
             hook.remove()
     return seen
+
+
+def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]], seed: int = 0) -> dict[str, tuple]:
+    """The shape each searched layer's input has in one forward of the whole model."""
+    seen = layer_inputs(searched, [random_inputs(input_shapes, seed)])
+    return {name: tuple(tensors[0].shape) for name, tensors in seen.items()}
 
 
 def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
@@ -111,44 +136,104 @@ def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
     return distinct
 
 
-def session_medians(modules: dict[str, nn.Module], example: list[torch.Tensor], backend: str, device: str,
-                    threads: int, warmup: int, iters: int) -> dict[str, float]:
-    """Median milliseconds of each module, timed interleaved in fresh runners (sessions)."""
+@dataclass
+class Candidate:
+    """A one-layer model to time: the module, and at int8 its quantized ONNX model."""
+
+    module: nn.Module
+    onnx_model: onnx.ModelProto | None = None
+
+
+def prepared(modules: dict[str, nn.Module], example: list[torch.Tensor], precision: str,
+             calibration: list[torch.Tensor]) -> dict[str, Candidate]:
+    """At int8, each module exported and quantized on the layer's own inputs; else the modules as they are."""
+    if precision != "int8":
+        return {label: Candidate(module) for label, module in modules.items()}
+    sets = [InputSet(f"layer input {i}", (tensor,)) for i, tensor in enumerate(calibration)]
+    return {label: Candidate(module, quantize_int8(export_onnx(module, example), sets))
+            for label, module in modules.items()}
+
+
+def session_medians(candidates: dict[str, Candidate], example: list[torch.Tensor], backend: str, device: str,
+                    threads: int, warmup: int, iters: int, precision: str = "fp32") -> dict[str, float]:
+    """Median milliseconds of each candidate, timed interleaved in fresh runners (sessions)."""
     with contextlib.ExitStack() as open_runners:
-        runners = {label: open_runners.enter_context(make_runner(backend, module, example, device, threads))
-                   for label, module in modules.items()}
+        runners = {label: open_runners.enter_context(
+                       make_runner(backend, c.module, example, device, threads, c.onnx_model, precision))
+                   for label, c in candidates.items()}
         for runner in runners.values():
             runner.load(example)
         samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
     return {label: summarize(values).p50_ms for label, values in samples.items()}
 
 
+def candidate_snr(candidates: dict[str, Candidate], reference: nn.Module, held_out: torch.Tensor, backend: str,
+                  device: str, precision: str) -> dict[str, float | None]:
+    """Each candidate's SNR at ``precision`` against the searched op's fp32 output on ``held_out``."""
+    sets = [InputSet("held-out layer input", (held_out,))]
+    snr: dict[str, float | None] = {}
+    for label, c in candidates.items():
+        with make_runner(backend, c.module, [held_out], device, 1, c.onnx_model, precision) as runner:
+            snr[label] = finite_db(compare_on(runner, reference, sets).snr_db)
+    return snr
+
+
+def choose(options: list[str], best_ms: dict[str, float], snr: dict[str, float | None] | None) -> tuple[str, str]:
+    """The fastest option, unless it loses more than ``SNR_MARGIN_DB`` to another; and why."""
+    fastest = min(options, key=best_ms.__getitem__)
+    if snr is None:
+        return fastest, "fastest"
+    def db(label: str) -> float:
+        value = snr[label]
+        return float("inf") if value is None else value
+
+    accurate = max(options, key=db)
+    if db(accurate) - db(fastest) > SNR_MARGIN_DB:
+        return accurate, (f"{fastest} ran {best_ms[accurate] / best_ms[fastest]:.2f}x faster but quantizes "
+                          f"{db(accurate) - db(fastest):.1f} dB worse (more than {SNR_MARGIN_DB:g} dB)")
+    return fastest, "fastest, within " + f"{SNR_MARGIN_DB:g} dB of the other's SNR"
+
+
 def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, device: str, threads: int,
-               warmup: int, iters: int, sessions: int) -> LayerTiming | None:
+               warmup: int, iters: int, sessions: int, precision: str = "fp32",
+               inputs: list[torch.Tensor] | None = None) -> LayerTiming | None:
+    """``inputs``: the layer's inputs in the whole model, needed below fp32 (the first ones calibrate int8,
+    the last is held out for the SNR)."""
     options = candidates(name, layer)
     if len(options) < 2:
         return None
     modules = {**options, REFERENCE: layer.eval()}
-    example = [torch.randn(*shape)]
-    medians = [session_medians(modules, example, backend, device, threads, warmup, iters) for _ in range(sessions)]
+    example = [inputs[0] if inputs else torch.randn(*shape)]
+    ready = prepared(modules, example, precision, (inputs or example)[:-1] or example)
+    medians = [session_medians(ready, example, backend, device, threads, warmup, iters, precision)
+               for _ in range(sessions)]
     per_session = {label: [round(m[label], 5) for m in medians] for label in modules}
     best = {label: min(values) for label, values in per_session.items()}
-    chosen = min(options, key=best.__getitem__)
+    snr = None
+    if precision != "fp32":
+        snr = candidate_snr(ready, layer.eval(), (inputs or example)[-1], backend, device, precision)
+    chosen, why = choose(list(options), best, snr)
     return LayerTiming(name, list(shape), list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates],
                        best, per_session, {label: round(best[label] / best[REFERENCE], 4) for label in options},
-                       chosen)
+                       chosen, precision, snr, why)
 
 
-def tune_layers(layers: Iterable[tuple[str, SearchedConv, tuple]], backend: str, warmup: int = 3, iters: int = 15,
-                threads: int | None = None, sessions: int = 3, tick: Tick | None = None) -> TuningResult:
-    """Per (name, searched layer, its input shape) with two exact lowerings, the one that ran fastest."""
-    backend, device = parse_target(backend)
+LayerToTune = tuple[str, SearchedConv, tuple]
+
+
+def tune_layers(layers: Iterable[LayerToTune], backend: str, warmup: int = 3, iters: int = 15,
+                threads: int | None = None, sessions: int = 3, tick: Tick | None = None, precision: str = "fp32",
+                inputs: dict[str, list[torch.Tensor]] | None = None) -> TuningResult:
+    """Per (name, searched layer, its input shape) with two exact lowerings, the one that ran fastest (at a
+    lower precision: unless it is much less accurate; ``inputs`` per layer, see ``time_layer``)."""
+    backend, device = parse_target(backend, precision)
     threads = threads or torch.get_num_threads()
     tick = tick or (lambda text: None)
-    result = TuningResult(backend, device, device_name(device), threads, warmup, iters, sessions)
+    result = TuningResult(backend, device, device_name(device), threads, warmup, iters, sessions, precision=precision)
     with torch_settings(threads):
         for name, layer, shape in layers:
-            timing = time_layer(name, layer, shape, backend, device, threads, warmup, iters, sessions)
+            timing = time_layer(name, layer, shape, backend, device, threads, warmup, iters, sessions, precision,
+                                (inputs or {}).get(name))
             if timing is not None:
                 result.layers.append(timing)
                 tick(f"{name}: {timing.chosen}")
@@ -157,10 +242,16 @@ def tune_layers(layers: Iterable[tuple[str, SearchedConv, tuple]], backend: str,
 
 def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], backend: str, warmup: int = 3,
                    iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
-                   tick: Tick | None = None) -> TuningResult:
-    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
-    parse_target(backend)  # an unknown or unusable backend fails before the model runs
-    shapes = layer_input_shapes(searched, input_shapes, seed)
-    layers = [(name, layer, shapes[name]) for name, layer in searched_layers(searched)
-              if name in shapes]  # not on the forward path of this input otherwise
-    return tune_layers(layers, backend, warmup, iters, threads, sessions, tick)
+                   tick: Tick | None = None, precision: str = "fp32",
+                   calibration: list[InputSet] | None = None) -> TuningResult:
+    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]`` at
+    ``precision`` (below fp32, the layers' inputs come from ``calibration``, else from seeded inputs)."""
+    parse_target(backend, precision)  # an unknown or unusable backend fails before the model runs
+    sets = [list(s.tensors) for s in (calibration or [])[:CALIBRATION_SETS]]
+    if precision != "fp32" and len(sets) < 2:
+        sets = [random_inputs(input_shapes, seed + i) for i in range(CALIBRATION_SETS)]
+    seen = layer_inputs(searched, sets or [random_inputs(input_shapes, seed)])
+    layers = [(name, layer, tuple(seen[name][0].shape)) for name, layer in searched_layers(searched)
+              if name in seen]  # not on the forward path of this input otherwise
+    return tune_layers(layers, backend, warmup, iters, threads, sessions, tick, precision,
+                       seen if precision != "fp32" else None)
