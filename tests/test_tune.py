@@ -118,5 +118,5 @@ def test_export_tune_with_an_unknown_backend_fails_in_one_line(searched_tiny, tm
                      str(structure), "--input-shape", "1,3,16,16", "--out", str(tmp_path / "o"), "--tune", "tvm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("rfdeploy: error: --tune: unknown backend 'tvm' (known: torch, torch-compile, "
-                       "onnxruntime, onnxruntime-trt, tensorrt)")
+                       "onnxruntime, openvino, onnxruntime-trt, tensorrt)")
     assert not (tmp_path / "o").exists()
