@@ -17,6 +17,7 @@ from rfdeploy.backends import BACKENDS, backend
 from rfdeploy.backends.openvino_backend import cpu_capabilities
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import ImagePreprocess, calibration_data
+from rfdeploy.measure.reduced_precision import PrecisionRequest
 
 openvino = pytest.importorskip("openvino")
 HAS_BF16 = "BF16" in cpu_capabilities()
@@ -99,23 +100,17 @@ def test_an_unreachable_snr_writes_nothing_but_the_failed_report(files, capsys):
 def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(files):
     shape = [tuple(int(d) for d in SHAPE.split(","))]
     plain = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
-                       precision=_request("int8", calib="random", calib_count=4))
+                       precision=PrecisionRequest("int8", calib="random", calib_count=4))
     reached = plain.report["precision"]["checks"][0]["snr_db"]
     target = reached + 6.0  # out of reach of the all-int8 model
     mixed = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
-                       precision=_request("int8", calib="random", calib_count=4, min_snr_db=target))
+                       precision=PrecisionRequest("int8", calib="random", calib_count=4, min_snr_db=target))
     section = mixed.report["precision"]
     assert section["passed"] and section["checks"][0]["snr_db"] >= target
     kept = section["mixed_precision"]["kept_fp32_nodes"]
     assert kept and section["quantized_nodes"] < plain.report["precision"]["quantized_nodes"]
     graph_nodes = {node.name for node in mixed.precision.model.graph.node}
     assert set(kept) <= graph_nodes  # the kept nodes are still there, unquantized
-
-
-def _request(precision, **options):
-    from rfdeploy.measure.reduced_precision import PrecisionRequest
-
-    return PrecisionRequest(precision, **options)
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AMX nor AVX512-BF16")
@@ -243,7 +238,7 @@ def test_an_int8_engine_is_built_only_from_a_quantized_model(files):
 
 def test_tuning_at_int8_times_and_scores_each_lowering_quantized(files):
     result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
-                        tune="onnxruntime", precision=_request("int8", calib="random", calib_count=4))
+                        tune="onnxruntime", precision=PrecisionRequest("int8", calib="random", calib_count=4))
     tuning = result.report["tuning"]
     assert tuning["precision"] == "int8" and tuning["layers"]
     for layer in tuning["layers"]:

@@ -15,7 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_ru
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.pipeline import compile_model, plain_model, searched_layers
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
 from rfdeploy.measure.verify import InputSet, Reference, compare_on, finite_db, random_inputs
 
 VARIANTS = ("searched", "compiled")
@@ -293,7 +294,7 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
           warmup: int = 10, iters: int = 50, threads: int = 1, mode: str = "auto",
           choices: dict[str, str] | None = None, seed: int = 0, with_plain: bool = False,
           model_name: str = "", tick: Tick | None = None, precisions: list[str] | None = None,
-          precision_request=None) -> BenchReport:
+          precision_request: PrecisionRequest | None = None) -> BenchReport:
     """Each backend runs the searched and the compiled model (and the plain one, if asked) on one input, in
     fp32 and, where it runs them, the compiled model in each lower precision of ``precisions`` (int8
     calibrated as ``precision_request`` says), every row interleaved with every other."""
@@ -332,13 +333,10 @@ def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:
 
 
 def quantized_for_bench(compiled_onnx: onnx.ModelProto, reference: Reference, shapes: list[tuple[int, ...]],
-                        seed: int, request, tick: Tick) -> tuple[onnx.ModelProto, list[InputSet], dict]:
+                        seed: int, request: PrecisionRequest | None, tick: Tick
+                        ) -> tuple[onnx.ModelProto, list[InputSet], dict]:
     """The compiled model in int8, as ``export --precision int8`` makes it, and the held-out batches."""
-    from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
-
-    request = request or PrecisionRequest("int8")
-    request = PrecisionRequest("int8", request.calib, request.calib_count, request.calib_method,
-                               request.preprocess, request.min_snr_db, ("onnxruntime",))
+    request = replace(request or PrecisionRequest("int8"), precision="int8", backends=("onnxruntime",))
     tick("calibrating and quantizing the compiled model to int8")
     result = deploy(request, compiled_onnx, reference, shapes, seed, [], tick)
     assert result.model is not None and result.held_out is not None

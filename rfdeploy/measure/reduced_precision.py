@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from rfdeploy.backends import make_runner
+from rfdeploy.backends import backend, make_runner
 from rfdeploy.compiler.quantize import Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
@@ -82,8 +82,6 @@ class PrecisionResult:
 
 def check_request(request: PrecisionRequest, engine: bool) -> None:
     """Refuse, before any work, a precision nothing will run."""
-    from rfdeploy.backends import backend
-
     if request.precision == "fp16" and not engine:
         raise RFDeployError("--precision fp16 deploys a TensorRT engine: add --trt (onnxruntime runs fp32 and int8, "
                             "OpenVINO fp32, bf16 and int8)")
