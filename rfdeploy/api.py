@@ -13,6 +13,7 @@ from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import check_output_dir, write_all
+from rfdeploy.backends import make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
@@ -185,10 +186,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         from rfdeploy.measure.tune import parse_target
 
         parse_target(tune, lowered.precision if lowered is not None else "fp32")
-    if lowered is not None:
-        check_request(lowered, engine is not None)
-        if engine is not None and lowered.precision in trt_backend.PRECISIONS:
-            engine = replace(engine, options=replace(engine.options, precision=lowered.precision))
+    if precision is not None:
+        check_request(precision, engine is not None)
+    if lowered is not None and engine is not None and lowered.precision in trt_backend.PRECISIONS:
+        engine = replace(engine, options=replace(engine.options, precision=lowered.precision))
     if write:  # a bad output folder fails now, not after the work
         engine_files = ("model.engine", "model.engine.json") if engine is not None else ()
         int8_files = (INT8_FILE,) if lowered is not None and lowered.precision == "int8" else ()
@@ -226,7 +227,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     reference = Reference(loaded.searched)  # each input's searched forward runs once, for every check
     sets = seeded_inputs(shapes, seed) + ([own] if own else [])
     other_sets = seeded_inputs(other, seed) if other else []
-    verification = _verification(reference, result.model, onnx_model, sets, other_sets, atol, rtol, seed)
+    also_on = precision.backends if precision is not None and lowered is None else ()
+    verification = _verification(reference, result.model, onnx_model, sets, other_sets, atol, rtol, seed, also_on)
     verification["passed"] = verification["passed"] and not leftover
     if save_io is not None:
         step(f"writing {save_io}")
@@ -282,17 +284,23 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
 
 
 def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.ModelProto, sets: list[InputSet],
-                  other_sets: list[InputSet], atol: float, rtol: float, seed: int) -> dict:
+                  other_sets: list[InputSet], atol: float, rtol: float, seed: int,
+                  also_on: tuple[str, ...] = ()) -> dict:
     """The ONNX model in onnxruntime, and the compiled torch model, each against the searched forward; a
-    dynamic ONNX model at its second shape too."""
+    dynamic ONNX model at its second shape too; and the ONNX model on each backend of ``also_on``."""
     with OrtRunner(onnx_model, threads=0) as onnx_runner:
         ort_check = verify_on(onnx_runner, searched, sets, atol, rtol, seed)
         other_check = verify_on(onnx_runner, searched, other_sets, atol, rtol, seed) if other_sets else None
     with TorchRunner(compiled, name="torch-compiled") as torch_runner:
         torch_check = verify_on(torch_runner, searched, sets, atol, rtol, seed)
-    checks = [ort_check, torch_check] + ([other_check] if other_check else [])
+    elsewhere = []
+    for name in also_on:
+        with make_runner(name, None, [], threads=0, onnx_model=onnx_model) as runner:
+            elsewhere.append(verify_on(runner, searched, sets, atol, rtol, seed))
+    checks = [ort_check, torch_check, *elsewhere] + ([other_check] if other_check else [])
     return ort_check.to_json() | {"torch": torch_check.to_json(),
                                   "other_shapes": other_check.to_json() if other_check else None,
+                                  "backends": [check.to_json() for check in elsewhere],
                                   "passed": all(check.passed for check in checks)}
 
 

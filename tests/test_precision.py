@@ -122,15 +122,23 @@ def test_bf16_export_is_checked_on_openvino_by_snr(files, capsys):
     assert not (files.out / "model.int8.onnx").exists()
 
 
-def test_openvino_fp32_is_exact_because_its_precision_is_set(files):
-    loaded = api.load(MODEL, files.ckpt, files.structure)
-    result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False)
-    from rfdeploy.backends import make_runner
-    from rfdeploy.measure.verify import verify
+def test_openvino_fp32_is_exact_because_its_precision_is_set(files, capsys):
+    code, err = run_main(files.args() + ["--verify-backends", "openvino"], capsys)
+    assert code == 0, err
+    verification = json.loads((files.out / "report.json").read_text())["verification"]
+    (check,) = verification["backends"]
+    assert check["backend"] == "openvino" and check["passed"] and check["max_rel_err"] < 1e-4
+    assert check["min_snr_db"] is None and check["atol"] == 1e-4  # fp32: held to the tolerances
+    assert "verification vs searched PyTorch forward on openvino" in err
 
-    with make_runner("openvino", None, [], onnx_model=result.onnx_model) as runner:
-        check = verify(runner, loaded.searched, [(1, 3, 12, 12)])
-    assert check.passed and check.max_rel_err < 1e-4
+
+def test_reports_give_each_outputs_own_figures(files):
+    result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
+                        precision=PrecisionRequest("int8", calib="random", calib_count=4))
+    check = result.report["precision"]["checks"][0]
+    (output,) = check["outputs"]  # the tiny model has one output
+    assert output["snr_db"] == check["snr_db"] and output["max_abs_err"] == check["max_abs_err"]
+    assert output["cosine"] == check["cosine"]
 
 
 @pytest.mark.parametrize(("argv", "names"), [
@@ -140,6 +148,8 @@ def test_openvino_fp32_is_exact_because_its_precision_is_set(files):
     (["--precision", "bf16", "--calib", "random"], ("--calib", "bf16")),
     (["--precision", "int8", "--calib", "nowhere.npz"], ("nowhere.npz",)),
     (["--precision", "int8", "--calib", "random", "--calib-std", "1,0,1"], ("--calib-std",)),
+    (["--min-snr", "30"], ("--min-snr", "fp32")),
+    (["--verify-backends", "torch"], ("torch", "ONNX")),
 ])
 def test_unsupported_precision_pairs_are_one_line_errors_before_any_work(files, capsys, argv, names):
     code, err = run_main(files.args() + argv, capsys)

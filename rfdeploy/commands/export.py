@@ -66,8 +66,9 @@ def add_parser(subparsers) -> None:
     add_engine_arguments(parser)
     add_precision_arguments(parser)
     parser.add_argument("--verify-backends", metavar="LIST",
-                        help="backends the --precision model is checked on, comma-separated (default: onnxruntime "
-                             "for int8, openvino for bf16; fp16 is checked as the TensorRT engine)")
+                        help="ONNX backends the model is also checked on, comma-separated: at fp32 besides "
+                             "onnxruntime, at a lower --precision instead of its default (onnxruntime for int8, "
+                             "openvino for bf16; fp16 is checked as the TensorRT engine)")
     add_triton_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -154,7 +155,8 @@ def print_summary(result: api.ExportResult) -> None:
     for note in load["notes"]:
         console.print(f"note: {note}")
     check = report["verification"]
-    for label, shown in (("", check), (" at a second shape", check.get("other_shapes"))):
+    also = [(f" on {other['backend']}", other) for other in check.get("backends", [])]
+    for label, shown in (("", check), (" at a second shape", check.get("other_shapes")), *also):
         if shown:
             console.print(f"verification vs searched PyTorch forward{label} ({shown['backend']}, inputs "
                           f"{', '.join(shown['sources'])} of shape {shown['input_shapes']}): max_abs_err "

@@ -85,10 +85,15 @@ def check_request(request: PrecisionRequest, engine: bool) -> None:
     if request.precision == "fp16" and not engine:
         raise RFDeployError("--precision fp16 deploys a TensorRT engine: add --trt (onnxruntime runs fp32 and int8, "
                             "OpenVINO fp32, bf16 and int8)")
+    if request.precision == "fp32" and request.min_snr_db is not None:
+        raise RFDeployError("--min-snr judges a lower --precision; fp32 is held to --atol and --rtol")
     if request.precision != "int8" and request.calib is not None:
         raise RFDeployError(f"--calib calibrates int8; --precision is {request.precision}")
     for name in request.verify_backends:
         backend(name).require("cpu", request.precision)
+        if not backend(name).runs_onnx:
+            raise RFDeployError(f"--verify-backends {name}: it runs the torch module; the exported model is checked "
+                                f"on ONNX backends")
 
 
 def calibration_for(request: PrecisionRequest, shapes: list[tuple[int, ...]], seed: int,

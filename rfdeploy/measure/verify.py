@@ -142,6 +142,7 @@ class Verification:
     snr_db: float | None = None  # None: no difference at all
     cosine: float = 1.0
     min_snr_db: float | None = None  # the SNR it was judged by; None: judged by atol and rtol
+    outputs: list[dict] = field(default_factory=list)  # per output: max_abs_err, max_rel_err, snr_db, cosine
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -175,12 +176,30 @@ def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: li
     return verify_on(runner, reference, seeded_inputs(shapes, seed, trials), atol, rtol, seed)
 
 
-def compare_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> Comparison:
-    """The worst of ``runner``'s outputs against ``reference``'s over these input sets."""
+def compare_each(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> list[Comparison]:
+    """``runner``'s outputs against ``reference``'s, per input set."""
     if not isinstance(reference, Reference):
         reference = Reference(reference)
-    comparisons = [compare(run_once(runner, list(s.tensors)), reference.outputs(s)) for s in inputs]
+    return [compare(run_once(runner, list(s.tensors)), reference.outputs(s)) for s in inputs]
+
+
+def compare_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> Comparison:
+    """The worst of ``runner``'s outputs against ``reference``'s over these input sets."""
+    comparisons = compare_each(runner, reference, inputs)
     return sum(comparisons[1:], comparisons[0])
+
+
+def per_output(comparisons: list[Comparison]) -> list[dict]:
+    """Per output, its worst figures over the input sets (polygraphy's per-output error statistics)."""
+    counts = {len(c.outputs) for c in comparisons}
+    if len(counts) != 1:
+        return []
+    rows = []
+    for index in range(counts.pop()):
+        errors = [c.outputs[index] for c in comparisons]
+        rows.append({"max_abs_err": max(e.max_abs for e in errors), "max_rel_err": max(e.max_rel for e in errors),
+                     "snr_db": finite_db(min(e.snr_db for e in errors)), "cosine": min(e.cosine for e in errors)})
+    return rows
 
 
 def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
@@ -189,11 +208,12 @@ def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs:
     """``runner`` against ``reference`` on each input set, reported under the runner's name (``seed``: that
     of the random sets among them, for the record). Judged by ``atol`` and ``rtol``, or with ``min_snr_db``
     by the signal-to-noise ratio."""
-    worst = compare_on(runner, reference, inputs)
+    comparisons = compare_each(runner, reference, inputs)
+    worst = sum(comparisons[1:], comparisons[0])
     passed = worst.meets(min_snr_db) if min_snr_db is not None else worst.within(atol, rtol)
     return Verification(runner.name, worst.max_abs, worst.max_rel, passed, atol, rtol, seed, len(inputs),
                         [list(shape) for shape in inputs[0].shapes], [s.source for s in inputs], precision,
-                        finite_db(worst.snr_db), worst.cosine, min_snr_db)
+                        finite_db(worst.snr_db), worst.cosine, min_snr_db, per_output(comparisons))
 
 
 NO_SIGNAL_DB = -999.0  # noise on an output expected to be all zero: JSON has no minus infinity
