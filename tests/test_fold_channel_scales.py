@@ -159,14 +159,37 @@ def test_a_reshape_that_keeps_the_channel_last_is_followed():
     assert_folds(model)
 
 
-def test_a_reshape_that_keeps_a_middle_channel_axis_is_followed_by_its_inferred_dims():
+@pytest.mark.parametrize("flat", [[2, 4, 25], [0, 0, -1]], ids=["literal", "copy-and-infer"])
+def test_a_reshape_that_keeps_a_middle_channel_axis_is_followed_by_its_inferred_dims(flat):
     # NCHW -> [N, C, H*W]: what follows the channel axis (H*W = 25) has the same size before and after
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
              helper.make_node("Reshape", ["y", "flat"], ["tokens"]),
              helper.make_node("Mul", ["tokens", "s"], ["out"])]
     model = model_of(nodes, {"x": [2, 3, 5, 5]}, {"w": values(4, 3, 3, 3), "s": positive(4, 1),
-                                                  "flat": np.array([2, 4, 25], dtype=np.int64)})
+                                                  "flat": np.array(flat, dtype=np.int64)})
     assert_folds(model)
+
+
+def test_a_transpose_without_perm_reverses_the_axes():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]),
+             helper.make_node("Transpose", ["y"], ["reversed"]),
+             helper.make_node("Mul", ["reversed", "s"], ["out"])]
+    model = model_of(nodes, {"x": [2, 3, 4, 5]}, {"w": values(4, 3, 1, 1), "s": positive(1, 1, 4, 1)})
+    assert_folds(model)
+
+
+@pytest.mark.parametrize("x_shape, scale_shape, folds", [
+    ([2, 5, 8], (1, 1, 6), True),  # the MatMul's rank, from shape inference, takes a rank-3 scale
+    ([8], (6,), True),
+    ([8], (1, 6), False),  # a 1-D product: the scale would add a dim
+], ids=["rank-3", "1-D", "1-D-adds-a-dim"])
+def test_a_scale_of_higher_rank_after_a_matmul_needs_the_products_rank(x_shape, scale_shape, folds):
+    model = model_of([helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "s"], ["out"])],
+                     {"x": x_shape}, {"w": values(8, 6), "s": positive(*scale_shape)})
+    if folds:
+        assert_folds(model)
+    else:
+        assert_left_alone(model)
 
 
 def test_a_scale_whose_mul_writes_a_graph_output_and_two_in_a_row_fold():
@@ -254,6 +277,12 @@ def test_anything_else_between_the_weighted_node_and_the_mul_is_left_alone(betwe
 def test_a_weight_that_is_a_graph_input_is_left_alone():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "s"], ["out"])]
     assert_left_alone(model_of(nodes, {"x": [2, 8], "w": [8, 6]}, {"s": positive(6)}))
+
+
+def test_a_graph_older_than_opset_7_is_left_alone():
+    model = conv_then_mul(positive(1, 4, 1, 1))
+    model.opset_import[0].version = 6  # Mul broadcast by its axis attribute then
+    assert_left_alone(model)
 
 
 def test_an_fp16_graph_is_left_alone():

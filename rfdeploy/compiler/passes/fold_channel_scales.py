@@ -95,7 +95,7 @@ class _Graph:
 
     def float32(self, tensor: gs.Tensor) -> np.ndarray | None:
         constant = self.constant(tensor)
-        if constant is None or constant.dtype != np.float32 or np.dtype(constant.export_dtype) != np.float32:
+        if constant is None or constant.dtype != np.float32 or constant.export_dtype != np.float32:
             return None
         return np.asarray(constant.values)
 
@@ -147,7 +147,7 @@ def _data_input(graph: _Graph, node: gs.Node) -> gs.Tensor | None:
     if node.op in LAYOUT_OPS:
         return node.inputs[0] if node.inputs and graph.constant(node.inputs[0]) is None else None
     variables = [tensor for tensor in node.inputs if graph.constant(tensor) is None]
-    return variables[0] if len(node.inputs) == 2 and len(variables) == 1 else None
+    return variables[0] if len(node.inputs) == 2 and len(variables) == 1 and not node.attrs else None
 
 
 def _chain(graph: _Graph, scaled: gs.Tensor, mul: gs.Node) -> _Chain | None:
@@ -216,14 +216,24 @@ def _through_reshape(graph: _Graph, node: gs.Node, channel: _Channel) -> _Channe
         after = prod(dims_in[channel.axis + 1:])
     else:
         return None
-    copies = not node.attrs.get("allowzero", 0)
-    resolved = [d if d > 0 else dims_in[j] if d == 0 and copies and dims_in and j < len(dims_in) else None
-                for j, d in enumerate(target)]
+    resolved = _resolved_shape(target, dims_in, copies=not node.attrs.get("allowzero", 0))
     for j, size in enumerate(resolved):
         rest = [d for d in resolved[j + 1:] if d is not None]
         if size == channel.size and len(rest) == len(target) - j - 1 and prod(rest) == after:
             return _Channel(j - len(target), len(target), channel.size)
     return None
+
+
+def _resolved_shape(target: list[int], dims_in: list[int] | None, copies: bool) -> list[int | None]:
+    """A Reshape's output dims: its literal sizes, a 0 as the input's dim there (unless ``allowzero``),
+    and a -1 from the element count where every other dim is known; None where the graph does not say."""
+    resolved: list[int | None] = [
+        d if d > 0 else dims_in[j] if d == 0 and copies and dims_in and j < len(dims_in) else None
+        for j, d in enumerate(target)]
+    known = [d for d in resolved if d is not None]
+    if dims_in is not None and -1 in target and len(known) == len(target) - 1 and prod(known) > 0:
+        resolved[target.index(-1)] = prod(dims_in) // prod(known)
+    return resolved
 
 
 def _through_add(graph: _Graph, node: gs.Node, channel: _Channel) -> _Channel | None:
@@ -314,7 +324,7 @@ def _fold(graph: _Graph, mul: gs.Node, chain: _Chain, scale: np.ndarray, weight_
 
 
 def _try_fold(graph: _Graph, mul: gs.Node) -> FoldedScale | None:
-    if len(mul.inputs) != 2 or len(mul.outputs) != 1:
+    if len(mul.inputs) != 2 or len(mul.outputs) != 1 or mul.attrs:
         return None
     scales = [graph.float32(t) for t in mul.inputs]
     if sum(graph.constant(t) is not None for t in mul.inputs) != 1 or all(s is None for s in scales):
@@ -339,6 +349,8 @@ def _try_fold(graph: _Graph, mul: gs.Node) -> FoldedScale | None:
 def fold_channel_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[FoldedScale], str | None]:
     """The graph with every foldable scale folded (``model`` itself untouched, and returned as it is when
     nothing folds); what folded; why nothing did, or None."""
+    if _default_opset(model) < 7:
+        return model, [], "opset below 7: Mul, Add and Gemm broadcast by attributes there"
     graph = _Graph(model)
     folded = [fold for node in list(graph.graph.nodes) if node.op == "Mul" and (fold := _try_fold(graph, node))]
     if not folded:
@@ -347,6 +359,10 @@ def fold_channel_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[F
     rewritten.CopyFrom(model)
     rewritten.graph.CopyFrom(gs.export_onnx(graph.graph, do_type_check=False).graph)
     return rewritten, folded, None
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
 
 
 def boundaries_after(boundaries: list[tuple[str, str, str]],
