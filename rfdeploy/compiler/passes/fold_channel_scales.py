@@ -22,8 +22,9 @@ float64 and rounded once to float32; the ``Mul`` goes and the node before it wri
 tensor, so every tensor that is left keeps its name, and every tensor outside ``FoldedScale.scaled``
 keeps its values. A bias that other nodes also read (the exporter shares equal initializers) gets a
 scaled copy of its own; a shared weight is left alone (a copy would duplicate it), as are non-constant
-or non-per-channel scales, other dtypes (fp16: the fold would round differently from the graph) and any
-other node on the way.
+or non-per-channel scales, other dtypes (in fp16, ``W s`` can underflow where ``(x W) s`` does not:
+ConvNeXt's initial layer scale 1e-6 is subnormal there), graphs before opset 7 (broadcasting by
+attributes) and any other node on the way.
 
 Preserves outputs up to rounding: ``(x W) s = x (W s)``, one float32 rounding of ``W s`` instead of one
 of the product.
