@@ -25,6 +25,7 @@ from rfdeploy import api
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.passes.fold_channel_scales import fold_channel_scales
 from rfdeploy.compiler.pipeline import run_graph_passes
+from rfdeploy.measure.bench import variants
 from rfdeploy.models import build
 
 RNG = np.random.default_rng(0)
@@ -417,3 +418,19 @@ def test_optimize_leaves_a_graph_without_a_searched_conv_as_it_was(tmp_path):
     result = api.optimize(save(graph, tmp_path / "in.onnx"), out=tmp_path / "out")
     assert result.report["graph_passes"] == {} and "no searched conv" in result.report["note"]
     assert (tmp_path / "out" / "model.onnx").read_bytes() == (tmp_path / "in.onnx").read_bytes()
+
+
+def test_bench_times_the_compiled_graph_as_export_writes_it_and_the_searched_one_as_exported():
+    class ConvThenScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.gamma = nn.Parameter(torch.rand(4) + 0.5)
+
+        def forward(self, x):
+            return self.conv(x) * self.gamma.view(1, -1, 1, 1)
+
+    model = ConvThenScale().eval()
+    searched, compiled = variants(model, model)
+    example = [torch.randn(1, 3, 8, 8)]
+    assert ops(searched.onnx_for(example)) == ["Conv", "Mul"] and ops(compiled.onnx_for(example)) == ["Conv"]

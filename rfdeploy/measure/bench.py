@@ -126,12 +126,12 @@ class Variant:
     model: nn.Module
     exact: bool = True  # computes the searched function; else a cost reference, whose errors mean nothing
     onnx_model: onnx.ModelProto | None = None  # exported once, shared by the ONNX backends
-    graph_passes: bool = True  # its ONNX graph is what ``export`` writes; else the exporter's, as it is
+    graph_passes: bool = True  # the ONNX graph ``export`` writes; else the exporter's own
 
     def onnx_for(self, example: list[torch.Tensor]) -> onnx.ModelProto:
         if self.onnx_model is None:
-            # the searched model exports naively: every branch and the alpha arithmetic stay in the graph
             exported = export_onnx(self.model, example)
+            # the searched model runs as exported: every branch and the alpha arithmetic stay in the graph
             self.onnx_model = run_graph_passes(exported)[0] if self.graph_passes else exported
         return self.onnx_model
 
