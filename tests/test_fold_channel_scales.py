@@ -275,6 +275,14 @@ def test_anything_else_between_the_weighted_node_and_the_mul_is_left_alone(betwe
                                outputs=outputs))
 
 
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_a_bias_computed_in_the_graph_is_left_alone(op):
+    nodes = [helper.make_node("Relu", ["c"], ["bias"]), helper.make_node(op, ["x", "w", "bias"], ["y"]),
+             helper.make_node("Mul", ["y", "s"], ["out"])]
+    shapes = {"Conv": ([1, 3, 4, 4], (4, 3, 1, 1), (1, 4, 1, 1)), "Gemm": ([2, 3], (3, 4), (1, 4))}[op]
+    assert_left_alone(model_of(nodes, {"x": shapes[0], "c": [4]}, {"w": values(*shapes[1]), "s": positive(*shapes[2])}))
+
+
 def test_a_weight_that_is_a_graph_input_is_left_alone():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "s"], ["out"])]
     assert_left_alone(model_of(nodes, {"x": [2, 8], "w": [8, 6]}, {"s": positive(6)}))

@@ -175,6 +175,9 @@ def _weight_axis(graph: _Graph, node: gs.Node) -> int | None:
     weight = graph.float32(node.inputs[1])
     if weight is None or not graph.read_only_by(node.inputs[1], node):
         return None
+    bias = _bias_of(node)
+    if bias is not None and graph.float32(bias) is None:
+        return None  # a bias computed in the graph would not be scaled
     if node.op == "Conv" and weight.ndim >= 3:
         return -weight.ndim
     if node.op == "MatMul" and weight.ndim >= 2:
@@ -182,6 +185,12 @@ def _weight_axis(graph: _Graph, node: gs.Node) -> int | None:
     if node.op == "Gemm" and weight.ndim == 2:
         return -2 if node.attrs.get("transB", 0) else -1
     return None
+
+
+def _bias_of(node: gs.Node) -> gs.Tensor | None:
+    """A Conv's bias or a Gemm's C, where given."""
+    bias = node.inputs[2] if node.op in ("Conv", "Gemm") and len(node.inputs) > 2 else None
+    return None if bias is None or bias.is_empty() else bias
 
 
 def _weighted_channel(graph: _Graph, node: gs.Node, weight_axis: int) -> _Channel:
@@ -306,7 +315,7 @@ def _fold(graph: _Graph, mul: gs.Node, chain: _Chain, scale: np.ndarray, weight_
           channels: list[_Channel]) -> FoldedScale:
     weighted = chain.weighted
     _replace_constant(graph, weighted, 1, scale, weight_axis)
-    if weighted.op in ("Conv", "Gemm") and len(weighted.inputs) > 2 and graph.constant(weighted.inputs[2]):
+    if _bias_of(weighted) is not None:
         _replace_constant(graph, weighted, 2, scale, -1)  # a Conv bias is [C]; a Gemm C broadcasts to [M, C]
     for node, channel in zip(chain.steps, channels[1:]):
         if node.op == "Add":
