@@ -18,7 +18,8 @@ from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
-from rfdeploy.compiler.pipeline import LayerReport, compile_model
+from rfdeploy.compiler.passes.fold_channel_scales import boundaries_after
+from rfdeploy.compiler.pipeline import LayerReport, compile_model, graph_pass_report, run_graph_passes
 from rfdeploy.compiler.rewrite_onnx import compile_graph
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader import recognise
@@ -221,6 +222,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     result = compile_model(loaded.searched, mode, choices=choices)
     step("exporting ONNX")
     onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch, dynamic_shape)
+    onnx_model, graph_passes = run_graph_passes(onnx_model)
     counts = op_counts(onnx_model)
     leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
     step("verifying in onnxruntime")
@@ -248,6 +250,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "layers": [asdict(layer) for layer in result.layers],
         "folded_batchnorms": len(result.folded_batchnorms),
         "batchnorm_note": result.batchnorm_note,
+        "graph_passes": graph_pass_report(graph_passes),
         "onnx_ops": counts,
         "onnx": onnx_file_facts(onnx_model, result.layers),
         "search_ops_left": leftover,
@@ -408,9 +411,11 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
         choices = {**tuning.choices, **(choices or {})}
     step("finding and lowering searched convs")
     result = compile_graph(original, mode, choices)
+    rewritten, graph_passes = run_graph_passes(result.model) if result.layers else (result.model, {})
     report: dict = {"input": str(onnx_path), "mode": mode, "layers": [asdict(layer) for layer in result.layers],
                     "left_alone": [asdict(layer) for layer in result.left_alone], "note": None,
-                    "onnx_ops": {"before": op_counts(original), "after": op_counts(result.model)},
+                    "graph_passes": graph_pass_report(graph_passes),
+                    "onnx_ops": {"before": op_counts(original), "after": op_counts(rewritten)},
                     "tuning": tuning.to_json() if tuning else None}
     if not result.layers:
         report["note"] = f"no searched conv rewritten in {onnx_path}: the graph is written as it was"
@@ -419,10 +424,11 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
     else:
         step("verifying in onnxruntime")
         shapes = shapes or graph_input_shapes(original, input_shapes, str(onnx_path))
-        boundaries = [(layer.name, layer.input, layer.output) for layer in result.layers]
-        report["verification"] = verify_graphs(original, result.model, shapes, boundaries, str(onnx_path),
+        boundaries = boundaries_after([(layer.name, layer.input, layer.output) for layer in result.layers],
+                                      graph_passes)
+        report["verification"] = verify_graphs(original, rewritten, shapes, boundaries, str(onnx_path),
                                                atol, rtol, seed)
-        optimized = OptimizeResult(report, result.model, Path(out))
+        optimized = OptimizeResult(report, rewritten, Path(out))
     if write:
         optimized.written = _write_model(optimized.out_dir, optimized.passed, optimized.onnx_model, report)
     return optimized

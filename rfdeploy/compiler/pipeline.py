@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
+import onnx
 from torch import nn
 
 from rfdeploy.compiler.ir import ConvIR, NotApplicable, from_searched, to_module
@@ -14,6 +16,7 @@ from rfdeploy.compiler.passes.choose_lowering import MODES, choose_lowering
 from rfdeploy.compiler.passes.drop_zero_branches import drop_zero_branches
 from rfdeploy.compiler.passes.fold_alphas import fold_alphas
 from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
+from rfdeploy.compiler.passes.fold_channel_scales import fold_channel_scales
 from rfdeploy.compiler.passes.keep_strongest_branch import keep_strongest_branch
 from rfdeploy.compiler.passes.lower_multi import lower_multi
 from rfdeploy.compiler.passes.lower_single import lower_single
@@ -37,10 +40,15 @@ LAYER_PIPELINE = (
 MODEL_PIPELINE = (
     Pass("fold_batchnorm", fold_batchnorm, Preserves.ROUNDING),
 )
+# On the exported ONNX graph, before it is verified: onnx.ModelProto -> (onnx.ModelProto, changed, note).
+GRAPH_PIPELINE = (
+    Pass("fold_channel_scales", fold_channel_scales, Preserves.ROUNDING),
+)
 # Not in the compiler's pipelines: the single-branch cost reference of ``bench --with-plain``.
 KEEP_STRONGEST_BRANCH = Pass("keep_strongest_branch", keep_strongest_branch, Preserves.NOTHING)
 check_order(LAYER_PIPELINE)
 check_order(MODEL_PIPELINE)
+check_order(GRAPH_PIPELINE)
 
 AfterPass = Callable[[Pass, ConvIR, ConvIR], None]
 
@@ -85,17 +93,33 @@ def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None =
     return ir
 
 
-ModelPassResults = dict[str, tuple[list[str], str | None]]
+ModelPassResults = dict[str, tuple[list[Any], str | None]]
+Whole = TypeVar("Whole", nn.Module, onnx.ModelProto)
+
+
+def _run_whole(subject: Whole, pipeline: Sequence[Pass], where: str) -> tuple[Whole, ModelPassResults]:
+    results: ModelPassResults = {}
+    for step in pipeline:
+        subject, changed, note = step.apply(subject, where)
+        results[step.name] = (changed, note)
+    return subject, results
 
 
 def run_model_passes(model: nn.Module, pipeline: Sequence[Pass] = MODEL_PIPELINE) -> tuple[nn.Module, ModelPassResults]:
     """Model-level passes in order. Each returns ``(model, what it changed, why it changed nothing or
     None)``; the last two are returned per pass name."""
-    results: ModelPassResults = {}
-    for step in pipeline:
-        model, changed, note = step.apply(model, "the model")
-        results[step.name] = (changed, note)
-    return model, results
+    return _run_whole(model, pipeline, "the model")
+
+
+def run_graph_passes(model: onnx.ModelProto,
+                     pipeline: Sequence[Pass] = GRAPH_PIPELINE) -> tuple[onnx.ModelProto, ModelPassResults]:
+    """Graph passes in order, as ``run_model_passes`` runs model passes: ``(graph, results per pass)``."""
+    return _run_whole(model, pipeline, "the ONNX graph")
+
+
+def graph_pass_report(results: ModelPassResults) -> dict[str, list[dict]]:
+    """What each graph pass changed, for a report."""
+    return {name: [asdict(item) for item in changed] for name, (changed, _) in results.items()}
 
 
 def plain_model(searched: nn.Module) -> nn.Module:

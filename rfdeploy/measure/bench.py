@@ -25,7 +25,7 @@ from torch import nn
 
 from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
-from rfdeploy.compiler.pipeline import compile_model, plain_model, searched_layers
+from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_passes, searched_layers
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
 from rfdeploy.measure.verify import InputSet, Reference, compare_on, finite_db, random_inputs
@@ -129,16 +129,18 @@ class Variant:
     model: nn.Module
     exact: bool = True  # computes the searched function; else a cost reference, whose errors mean nothing
     onnx_model: onnx.ModelProto | None = None  # exported once, shared by the ONNX backends
+    graph_passes: bool = True  # the ONNX graph ``export`` writes; else the exporter's own
 
     def onnx_for(self, example: list[torch.Tensor]) -> onnx.ModelProto:
         if self.onnx_model is None:
-            # the searched model exports naively: every branch and the alpha arithmetic stay in the graph
-            self.onnx_model = export_onnx(self.model, example)
+            exported = export_onnx(self.model, example)
+            # the searched model runs as exported: every branch and the alpha arithmetic stay in the graph
+            self.onnx_model = run_graph_passes(exported)[0] if self.graph_passes else exported
         return self.onnx_model
 
 
 def variants(searched: nn.Module, compiled: nn.Module, with_plain: bool = False) -> list[Variant]:
-    chosen = [Variant("searched", searched), Variant("compiled", compiled)]
+    chosen = [Variant("searched", searched, graph_passes=False), Variant("compiled", compiled)]
     return chosen + [Variant("plain", plain_model(searched), exact=False)] if with_plain else chosen
 
 
