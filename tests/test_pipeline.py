@@ -10,7 +10,13 @@ import torch
 
 from rfdeploy.compiler.ir import from_searched
 from rfdeploy.compiler.passes.base import Pass, PassError, Preserves, check_order, flattened
-from rfdeploy.compiler.pipeline import KEEP_STRONGEST_BRANCH, LAYER_PIPELINE, MODEL_PIPELINE, lower_layer
+from rfdeploy.compiler.pipeline import (
+    INVOLUTION_PIPELINE,
+    KEEP_STRONGEST_BRANCH,
+    LAYER_PIPELINE,
+    MODEL_PIPELINE,
+    lower_layer,
+)
 from rfdeploy.loader.searched_conv import SearchedConv
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -24,7 +30,8 @@ def readme_pass_table() -> list[str]:
 
 
 def test_the_readme_pass_table_is_the_declared_pipeline_in_order():
-    declared = [p.name for p in flattened(LAYER_PIPELINE + MODEL_PIPELINE)] + [KEEP_STRONGEST_BRANCH.name]
+    declared = [p.name for p in flattened(LAYER_PIPELINE + INVOLUTION_PIPELINE + MODEL_PIPELINE)]
+    declared += [KEEP_STRONGEST_BRANCH.name]
     assert readme_pass_table() == declared
 
 

@@ -108,7 +108,8 @@ def error_text(value: float | None) -> str:
 
 def print_table(report: BenchReport) -> None:
     speedups = report.speedups()
-    table = Table(title=f"{report.model} ({report.searched_layers} searched layers) {report.input_shapes} on "
+    involutions = f", {report.involutions} involutions" if report.involutions else ""
+    table = Table(title=f"{report.model} ({report.searched_layers} searched layers{involutions}) {report.input_shapes} on "
                         f"{report.device_name} ({report.device}, {report.threads} threads, {report.iters} runs "
                         f"after {report.warmup} warm-up)")
     for column in ("backend", "variant", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err", "max_rel_err",
@@ -120,6 +121,8 @@ def print_table(report: BenchReport) -> None:
                       f"{r.throughput:.1f}", error_text(r.max_abs_err), error_text(r.max_rel_err), speedup)
     console.print(table)
     console.print("speedup = searched p50 / compiled p50 on the same backend, timed interleaved in this run")
+    if report.involutions:
+        console.print("searched = the model as written: its involutions run nn.Unfold (exported as im2col Gathers)")
     if any(r.variant == "plain" for r in report.results):
         console.print("plain = each searched conv with only its largest-alpha branch: a cost reference, not the "
                       "searched model, so its errors are n/a")

@@ -150,8 +150,9 @@ def print_tuning(tuning: dict | None) -> None:
     if not tuning:
         return
     chosen = [layer["chosen"] for layer in tuning["layers"]]
+    counts = ", ".join(f"{chosen.count(name)} {name}" for name in sorted(set(chosen), key=chosen.index))
     console.print(f"lowering timed per layer on {tuning['backend']} ({tuning['device_name']}, {tuning['threads']} "
-                  f"threads): {chosen.count('single')} single, {chosen.count('multi')} multi; timings in the report")
+                  f"threads): {counts or 'no layer with two candidates'}; timings in the report")
 
 
 TRITON_EXPORT_ONLY = ("triton_name", "max_batch", "instances", "kind")

@@ -168,6 +168,7 @@ class BenchReport:
     iters: int
     versions: dict[str, str]
     searched_layers: int = 0
+    involutions: int = 0
     results: list[BenchResult] = field(default_factory=list)
     compile: dict = field(default_factory=dict)
 
@@ -226,14 +227,15 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
     """Each backend runs the searched and the compiled model (and the plain one, if asked) on one input."""
     check_backends(backends, device)
     tick = tick or (lambda text: None)
-    compiled = compile_model(searched, mode, choices=choices)
+    compiled = compile_model(searched, mode, choices=choices, input_shapes=input_shapes)
     chosen = variants(searched, compiled.model, with_plain)
     inputs = random_inputs(input_shapes, seed)
     expected = reference_outputs(searched, inputs)
     report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
-                         warmup, iters, versions(), len(compiled.layers))
+                         warmup, iters, versions(), len(compiled.layers), len(compiled.involutions))
     report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
-                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
+                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}
+                      | {involution.name: involution.lowering for involution in compiled.involutions}}
     with torch_settings(threads):
         for backend in backends:
             report.results += bench_backend(backend, chosen, inputs, expected, device, threads, warmup, iters, tick)

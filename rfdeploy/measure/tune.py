@@ -1,9 +1,11 @@
-"""Lowering chosen by measurement: each searched layer's exact lowerings, timed alone on the target backend.
+"""Lowering chosen by measurement: each searched layer's or involution's exact lowerings, timed alone on the
+target backend.
 
 A layer is timed at the input shape it really sees (captured by forward hooks on one run of the searched
 model), as a one-layer model: exported to ONNX for onnxruntime / TensorRT, eager for torch. Its
-candidates (``single``: one merged conv; ``multi``: one conv per branch) and, as a reference, the
-searched op itself run interleaved after a warm-up, one run of each per round.
+candidates (``single``: one merged conv; ``multi``: one conv per branch; for an involution, each aggregation of
+``choose_aggregation``) and, as a reference, the op as written (the search op; the involution with its
+``nn.Unfold``) run interleaved after a warm-up, one run of each per round.
 
 This is repeated in several fresh sessions, and each candidate keeps its lowest median over them: on
 onnxruntime CPU a one-layer session was seen to stay up to 1.5x slower than an identical one for all of
@@ -21,9 +23,12 @@ import torch
 from torch import nn
 
 from rfdeploy.backends import BACKENDS, check_backends, make_runner
+from rfdeploy.compiler import involution_ir
 from rfdeploy.compiler.ir import from_searched, to_module
-from rfdeploy.compiler.pipeline import lower_layer, searched_layers
+from rfdeploy.compiler.passes.choose_aggregation import CANDIDATES as AGGREGATIONS
+from rfdeploy.compiler.pipeline import lower_involution, lower_layer, searched_layers
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.bench import Tick, device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import random_inputs
@@ -38,11 +43,12 @@ class LayerTiming:
     input_shape: list[int]
     kernel_size: list[int]
     groups: int
-    rates: list[list[int]]
+    rates: list[list[int]]  # an involution: its dilation
     median_ms: dict[str, float]  # per candidate lowering, and the searched op as a reference: best session
     session_medians_ms: dict[str, list[float]]
     ratio_to_searched: dict[str, float]  # per candidate: its median_ms / the searched op's
     chosen: str
+    op: str = "searched conv"  # or "involution"
 
 
 @dataclass
@@ -59,7 +65,7 @@ class TuningResult:
     @property
     def choices(self) -> dict[str, str]:
         """Layer name -> the measured fastest lowering, for ``compile_model(..., choices=)``."""
-        return {layer.name: layer.chosen for layer in self.layers if layer.chosen in CANDIDATES}
+        return {layer.name: layer.chosen for layer in self.layers if layer.chosen in CANDIDATES + AGGREGATIONS}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,8 +87,13 @@ def parse_target(target: str) -> tuple[str, str]:
     return backend, device
 
 
+def tunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Searched convs and involutions: the layers with lowerings to choose from."""
+    return [*searched_layers(model), *involution_layers(model)]
+
+
 def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]], seed: int = 0) -> dict[str, tuple]:
-    """The shape each searched layer's input has in one forward of the whole model."""
+    """The shape each tunable layer's input has in one forward of the whole model."""
     seen: dict[str, tuple] = {}
 
     def recorder(name: str):
@@ -90,7 +101,7 @@ def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]],
             seen.setdefault(name, tuple(args[0].shape))
         return record
 
-    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in searched_layers(searched)]
+    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in tunable_layers(searched)]
     try:
         with torch.no_grad():
             searched(*random_inputs(input_shapes, seed))
@@ -100,8 +111,14 @@ def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]],
     return seen
 
 
-def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
+def candidates(name: str, layer: nn.Module) -> dict[str, nn.Module]:
     """Each distinct exact lowering of the layer (one entry when ``single`` cannot apply)."""
+    parts = involution_parts(layer)
+    if parts is not None:
+        involution = involution_ir.from_involution(name, parts)
+        return {aggregation: involution_ir.to_module(lower_involution(involution, aggregation))
+                for aggregation in AGGREGATIONS}
+    assert isinstance(layer, SearchedConv)
     ir = from_searched(name, layer)
     lowered = {mode: lower_layer(ir, mode) for mode in CANDIDATES}
     distinct: dict[str, nn.Module] = {}
@@ -123,7 +140,17 @@ def session_medians(modules: dict[str, nn.Module], example: list[torch.Tensor], 
     return {label: summarize(values).p50_ms for label, values in samples.items()}
 
 
-def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, device: str, threads: int,
+def geometry(layer: nn.Module) -> tuple[list[int], int, list[list[int]], str]:
+    """Kernel, groups, rates (dilations) and kind of a tunable layer, for the report."""
+    parts = involution_parts(layer)
+    if parts is not None:
+        k, d = parts.kernel_size, parts.dilation
+        return [k, k], parts.groups, [[d, d]], "involution"
+    assert isinstance(layer, SearchedConv)
+    return list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates], "searched conv"
+
+
+def time_layer(name: str, layer: nn.Module, shape: tuple, backend: str, device: str, threads: int,
                warmup: int, iters: int, sessions: int) -> LayerTiming | None:
     options = candidates(name, layer)
     if len(options) < 2:
@@ -134,12 +161,12 @@ def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, devic
     per_session = {label: [round(m[label], 5) for m in medians] for label in modules}
     best = {label: min(values) for label, values in per_session.items()}
     chosen = min(options, key=best.__getitem__)
-    return LayerTiming(name, list(shape), list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates],
-                       best, per_session, {label: round(best[label] / best[REFERENCE], 4) for label in options},
-                       chosen)
+    kernel, groups, rates, op = geometry(layer)
+    return LayerTiming(name, list(shape), kernel, groups, rates, best, per_session,
+                       {label: round(best[label] / best[REFERENCE], 4) for label in options}, chosen, op)
 
 
-def tune_layers(layers: Iterable[tuple[str, SearchedConv, tuple]], backend: str, warmup: int = 3, iters: int = 15,
+def tune_layers(layers: Iterable[tuple[str, nn.Module, tuple]], backend: str, warmup: int = 3, iters: int = 15,
                 threads: int | None = None, sessions: int = 3, tick: Tick | None = None) -> TuningResult:
     """Per (name, searched layer, its input shape) with two exact lowerings, the one that ran fastest."""
     backend, device = parse_target(backend)
@@ -158,9 +185,9 @@ def tune_layers(layers: Iterable[tuple[str, SearchedConv, tuple]], backend: str,
 def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], backend: str, warmup: int = 3,
                    iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
                    tick: Tick | None = None) -> TuningResult:
-    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
+    """Per searched layer or involution with two exact lowerings, the one that ran fastest on ``backend[:device]``."""
     parse_target(backend)  # an unknown or unusable backend fails before the model runs
     shapes = layer_input_shapes(searched, input_shapes, seed)
-    layers = [(name, layer, shapes[name]) for name, layer in searched_layers(searched)
+    layers = [(name, layer, shapes[name]) for name, layer in tunable_layers(searched)
               if name in shapes]  # not on the forward path of this input otherwise
     return tune_layers(layers, backend, warmup, iters, threads, sessions, tick)
