@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                        tick=lambda text: progress.update(task, advance=1, description=text))
     if args.tune:
         report.compile["tune"] = args.tune
+        report.compile["tuning"] = tuning.to_json()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
