@@ -15,7 +15,7 @@ from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import check_output_dir, write_all
 from rfdeploy.backends import make_runner
 from rfdeploy.backends import tensorrt as trt_backend
-from rfdeploy.backends.onnx_export import OPSETS, SEARCH_OPS, export_onnx, io_names, op_counts, signature
+from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.passes.fold_channel_scales import boundaries_after
@@ -31,6 +31,7 @@ from rfdeploy.loader.checkpoint import (
     state_dict_of,
 )
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
+from rfdeploy.loader.involution import involution_layers
 from rfdeploy.loader.onnx_graph import read_onnx
 from rfdeploy.loader.provenance import note_provenance, weights_origin
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
@@ -91,7 +92,8 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     if search_ops(plain):
         return Loaded(*_adopt(plain, name, state is not None or parsed is not None), name, shapes, recognised)
     searched, info = build_searched(plain, parsed, state, ckpt_name)
-    note_provenance(info, weights_origin(model, state is not None), parsed, progress, ckpt_name)
+    note_provenance(info, weights_origin(model, state is not None), parsed, progress, ckpt_name,
+                    len(involution_layers(searched)))
     return Loaded(searched, info, name, shapes, recognised)
 
 
@@ -219,12 +221,12 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
                                 precision=tune_precision, calibration=calibration.calibration if calibration else None)
         choices = {**tuning.choices, **(choices or {})}
     step("compiling")
-    result = compile_model(loaded.searched, mode, choices=choices)
+    result = compile_model(loaded.searched, mode, choices=choices, input_shapes=shapes)
     step("exporting ONNX")
     onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch, dynamic_shape)
     onnx_model, graph_passes = run_graph_passes(onnx_model)
     counts = op_counts(onnx_model)
-    leftover = {op: counts[op] for op in SEARCH_OPS if op in counts}
+    leftover = search_ops_left(onnx_model)
     step("verifying in onnxruntime")
     reference = Reference(loaded.searched)  # each input's searched forward runs once, for every check
     sets = seeded_inputs(shapes, seed) + ([own] if own else [])
@@ -248,6 +250,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "opset": opset,
         "load": asdict(loaded.info),
         "layers": [asdict(layer) for layer in result.layers],
+        "involutions": [asdict(involution) for involution in result.involutions],
         "folded_batchnorms": len(result.folded_batchnorms),
         "batchnorm_note": result.batchnorm_note,
         "graph_passes": graph_pass_report(graph_passes),

@@ -12,6 +12,7 @@ from rfdeploy.compiler.ir import from_searched
 from rfdeploy.compiler.passes.base import Pass, PassError, Preserves, check_order, flattened
 from rfdeploy.compiler.pipeline import (
     GRAPH_PIPELINE,
+    INVOLUTION_PIPELINE,
     KEEP_STRONGEST_BRANCH,
     LAYER_PIPELINE,
     MODEL_PIPELINE,
@@ -30,7 +31,7 @@ def readme_pass_table() -> list[str]:
 
 
 def test_the_readme_pass_table_is_the_declared_pipeline_in_order():
-    declared = [p.name for p in flattened(LAYER_PIPELINE + MODEL_PIPELINE + GRAPH_PIPELINE)]
+    declared = [p.name for p in flattened(LAYER_PIPELINE + INVOLUTION_PIPELINE + MODEL_PIPELINE + GRAPH_PIPELINE)]
     declared.append(KEEP_STRONGEST_BRANCH.name)
     assert readme_pass_table() == declared
 

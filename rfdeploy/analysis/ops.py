@@ -1,6 +1,6 @@
 """What each graph node does to a receptive field, and which nodes are the layers a report lists.
 
-A node is one of: the ``Input``; a sliding ``Window`` (conv, pool, searched conv); a ``Resample``
+A node is one of: the ``Input``; a sliding ``Window`` (conv, pool, searched conv, involution); a ``Resample``
 (interpolation); ``Global`` (sees every position: global pooling, attention); a ``Reshape`` or
 ``Reduce`` (keeps positions apart, or mixes them when the spatial size disappears from the shape);
 ``Pointwise`` (everything else, including the joins of paths: add, cat, mul).
@@ -17,7 +17,9 @@ import torch
 from torch import fx, nn
 
 from rfdeploy.analysis.receptive_field import Size, Stride
+from rfdeploy.compiler.involution_ir import LoweredInvolution
 from rfdeploy.compiler.ir import BranchSum
+from rfdeploy.loader.involution import involution_parts
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,27 @@ def _per_dim(rate, dims: int) -> Size:
     return rate * dims if len(rate) == 1 else rate
 
 
+# -- involutions: a k x k window of the input; the kernel-generating branch reads only the (pooled) position --
+
+def involution_window(module: nn.Module) -> tuple[int, int, int, int] | None:
+    """``(kernel, stride, dilation, channels)`` of an involution, as written or lowered by rfdeploy."""
+    if isinstance(module, LoweredInvolution):
+        return module.kernel_size, module.stride, module.dilation, module.channels
+    parts = involution_parts(module)
+    return None if parts is None else (parts.kernel_size, parts.stride, parts.dilation, parts.channels)
+
+
+def _involution(name: str, module: nn.Module, out: Size) -> tuple[Effect, Layer, None]:
+    kernel, stride, dilation, channels = involution_window(module)  # type: ignore[misc]
+    dims = len(out) - 2
+    positions = math.prod(_space(out))
+    generating = sum(conv.weight.numel() for conv in module.modules() if isinstance(conv, nn.Conv2d)
+                     and conv.kernel_size == (1, 1))
+    flops = 2 * positions * out[0] * (generating + channels * kernel**2)
+    size, step, rates = (kernel,) * dims, (stride,) * dims, ((dilation,) * dims,)
+    return Window(size, step, rates, _space(out)), Layer(name, "involution", flops, size, step, rates), None
+
+
 # -- modules ----------------------------------------------------------------------------------------------
 
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._LPPoolNd)
@@ -160,6 +183,8 @@ def _is_activation(module: nn.Module) -> bool:
 def classify_module(node: fx.Node, module: Any, shapes: Shapes) -> tuple[Effect, Layer | None, str | None]:
     name, op = str(node.target), type(module).__name__
     out, inp = shapes.out(node), shapes.first_input(node)
+    if involution_window(module) is not None:
+        return _involution(name, module, out)
     searched = searched_branches(module)
     if searched is not None:
         kernel, stride, rates, conv = searched

@@ -24,6 +24,7 @@ from rfdeploy.analysis.ops import (
     Step,
     classify_function,
     classify_module,
+    involution_window,
     is_searched,
     op_name,
 )
@@ -40,7 +41,7 @@ class Traced:
 
 class _LayerTracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        if is_searched(module) or isinstance(module, WHOLE_LAYERS):
+        if is_searched(module) or isinstance(module, WHOLE_LAYERS) or involution_window(module) is not None:
             return True
         return super().is_leaf_module(module, qualified_name)
 

@@ -14,7 +14,6 @@ from rfdeploy.backends.base import flat_outputs
 from rfdeploy.errors import RFDeployError, first_line
 
 OPSETS = range(9, 24)  # what the TorchScript exporter writes with constant folding and onnx checks (torch 2.13)
-SEARCH_OPS = ("Abs", "ReduceSum")  # the alpha normalisation |a| / sum |a| (Div also appears in attention)
 
 
 def io_names(count: int, stem: str) -> list[str]:
@@ -80,6 +79,17 @@ def bypass_identities(graph: gs.Graph) -> None:
                 if tensor is copy:
                     consumer.inputs[index] = source
         node.outputs.clear()
+
+
+def search_ops_left(model: onnx.ModelProto) -> dict[str, int]:
+    """The alpha normalisation ``|a| / sum |a|`` left in a graph: ``Abs`` nodes, and ``ReduceSum`` nodes that read
+    one (a ReduceSum of its own, as an involution's aggregation has, is not a search op)."""
+    absolutes = {name for node in model.graph.node if node.op_type == "Abs" for name in node.output}
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Abs" or (node.op_type == "ReduceSum" and node.input and node.input[0] in absolutes):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

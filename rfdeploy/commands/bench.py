@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     warn(report.precision.get("warnings", []))
     if args.tune:
         report.compile["tune"] = args.tune
+        report.compile["tuning"] = tuning.to_json()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -152,7 +153,8 @@ def snr_text(row) -> str:
 def print_table(report: BenchReport) -> None:
     speedups = report.speedups()
     flags = f"; CPU flags: {' '.join(report.cpu_flags) or 'none of VNNI/BF16/AMX'}" if report.cpu_flags else ""
-    table = Table(title=f"{report.model} ({report.searched_layers} searched layers) {report.input_shapes} on "
+    involutions = f", {report.involutions} involutions" if report.involutions else ""
+    table = Table(title=f"{report.model} ({report.searched_layers} searched layers{involutions}) {report.input_shapes} on "
                         f"{report.device_name} ({report.device}, {report.threads} threads, {report.iters} runs "
                         f"after {report.warmup} warm-up{flags})")
     for column in ("backend", "variant", "precision", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err",
@@ -173,6 +175,8 @@ def print_table(report: BenchReport) -> None:
     if report.precision:
         console.print(f"int8 SNR on the held-out batches {', '.join(report.precision['calibration']['held_out_sets'])}; "
                       f"other rows on the timed input")
+    if report.involutions:
+        console.print("searched = the model as written: its involutions run nn.Unfold (exported as im2col Gathers)")
     if any(r.variant == "plain" for r in report.results):
         console.print("plain = each searched conv with only its largest-alpha branch: a cost reference, not the "
                       "searched model, so its errors are n/a")

@@ -211,11 +211,12 @@ def print_tuning(tuning: dict | None) -> None:
     if not tuning:
         return
     chosen = [layer["chosen"] for layer in tuning["layers"]]
-    for_accuracy = [layer["name"] for layer in tuning["layers"] if not layer["why"].startswith("fastest")]
+    counts = ", ".join(f"{chosen.count(name)} {name}" for name in sorted(set(chosen), key=chosen.index))
+    for_accuracy = [layer["name"] for layer in tuning["layers"] if not layer.get("why", "fastest").startswith("fastest")]
     accuracy = f"; {len(for_accuracy)} kept for accuracy, not speed ({', '.join(for_accuracy)})" if for_accuracy else ""
     console.print(f"lowering timed per layer on {tuning['backend']} in {tuning['precision']} ({tuning['device_name']}, "
-                  f"{tuning['threads']} threads): {chosen.count('single')} single, {chosen.count('multi')} multi"
-                  f"{accuracy}; timings in the report")
+                  f"{tuning['threads']} threads): {counts or 'no layer with two candidates'}{accuracy}; timings in the "
+                  f"report")
 
 
 TRITON_EXPORT_ONLY = ("triton_name", "max_batch", "instances", "kind")

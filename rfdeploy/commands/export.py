@@ -136,6 +136,16 @@ def dilation_text(rate: list[int]) -> str:
     return f"d={rate[0]}" if len(set(rate)) == 1 else f"({', '.join(map(str, rate))})"
 
 
+def print_involutions(involutions: list[dict]) -> None:
+    table = Table(title=f"{len(involutions)} involution(s)")
+    for column in ("involution", "kernel", "stride", "groups", "lowering", "chosen by"):
+        table.add_column(column, overflow="fold")
+    for inv in involutions:
+        table.add_row(inv["name"], f"{inv['kernel_size']}x{inv['kernel_size']}", str(inv["stride"]),
+                      str(inv["groups"]), inv["lowering"], inv["chosen_by"])
+    console.print(table)
+
+
 def print_summary(result: api.ExportResult) -> None:
     report = result.report
     load = report["load"]
@@ -148,7 +158,10 @@ def print_summary(result: api.ExportResult) -> None:
         dilations = ", ".join(dilation_text(rate) for rate in layer["rates"])
         alphas = " ".join(f"{a:.3f}" for a in layer["alphas"])
         table.add_row(layer["name"], dilations, alphas, layer["lowering"])
-    console.print(table)
+    if report["layers"] or not report["involutions"]:
+        console.print(table)
+    if report["involutions"]:
+        print_involutions(report["involutions"])
     if load["skipped_entries"]:
         console.print(f"skipped {len(load['skipped_entries'])} structure entries outside the deployed part "
                       f"(e.g. {load['skipped_entries'][0]})")

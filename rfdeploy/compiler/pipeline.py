@@ -1,4 +1,5 @@
-"""The compiler: every searched conv of a model through the pass pipeline, into plain modules."""
+"""The compiler: every searched conv and every involution of a model through its pass pipeline, into plain
+modules."""
 
 from __future__ import annotations
 
@@ -8,20 +9,26 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import onnx
+import torch
 from torch import nn
 
+from rfdeploy.compiler import involution_ir
+from rfdeploy.compiler.involution_ir import InvolutionIR, from_involution
 from rfdeploy.compiler.ir import ConvIR, NotApplicable, from_searched, to_module
 from rfdeploy.compiler.passes.base import Pass, Preserves, check_order
+from rfdeploy.compiler.passes.choose_aggregation import AUTO, choose_aggregation
 from rfdeploy.compiler.passes.choose_lowering import MODES, choose_lowering
 from rfdeploy.compiler.passes.drop_zero_branches import drop_zero_branches
 from rfdeploy.compiler.passes.fold_alphas import fold_alphas
 from rfdeploy.compiler.passes.fold_batchnorm import fold_batchnorm
 from rfdeploy.compiler.passes.fold_channel_scales import fold_channel_scales
+from rfdeploy.compiler.passes.fold_kernel_batchnorm import fold_kernel_batchnorm
 from rfdeploy.compiler.passes.keep_strongest_branch import keep_strongest_branch
 from rfdeploy.compiler.passes.lower_multi import lower_multi
 from rfdeploy.compiler.passes.lower_single import lower_single
 from rfdeploy.compiler.passes.merge_biases import merge_biases
 from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
+from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import searched_layers
 from rfdeploy.modules import set_submodule
 
@@ -36,7 +43,13 @@ LAYER_PIPELINE = (
         Pass("lower_multi", lower_multi, Preserves.EXACT),
     )),
 )
-# On the whole model once every searched conv is lowered: nn.Module -> (nn.Module, changed, note).
+# Per involution, InvolutionIR -> InvolutionIR, in this order.
+INVOLUTION_PIPELINE = (
+    Pass("fold_kernel_batchnorm", fold_kernel_batchnorm, Preserves.ROUNDING),
+    Pass("choose_aggregation", choose_aggregation, Preserves.SUMMATION_ORDER,
+         options=("aggregation", "output_positions")),
+)
+# On the whole model once every searched conv and involution is lowered: nn.Module -> (nn.Module, changed, note).
 MODEL_PIPELINE = (
     Pass("fold_batchnorm", fold_batchnorm, Preserves.ROUNDING),
 )
@@ -47,10 +60,12 @@ GRAPH_PIPELINE = (
 # Not in the compiler's pipelines: the single-branch cost reference of ``bench --with-plain``.
 KEEP_STRONGEST_BRANCH = Pass("keep_strongest_branch", keep_strongest_branch, Preserves.NOTHING)
 check_order(LAYER_PIPELINE)
+check_order(INVOLUTION_PIPELINE)
 check_order(MODEL_PIPELINE)
 check_order(GRAPH_PIPELINE)
 
 AfterPass = Callable[[Pass, ConvIR, ConvIR], None]
+AfterInvolutionPass = Callable[[Pass, InvolutionIR, InvolutionIR], None]
 
 
 @dataclass
@@ -65,11 +80,26 @@ class LayerReport:
 
 
 @dataclass
+class InvolutionReport:
+    name: str
+    channels: int
+    kernel_size: int
+    stride: int
+    dilation: int
+    groups: int
+    lowering: str
+    chosen_by: str  # "cost model", "measurement" or "forced"
+    folded_batchnorm: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CompileResult:
     model: nn.Module
     layers: list[LayerReport]
     folded_batchnorms: list[str]
     batchnorm_note: str | None
+    involutions: list[InvolutionReport] = field(default_factory=list)
 
 
 def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None = None,
@@ -91,6 +121,62 @@ def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None =
         if after_each is not None:
             after_each(step, before, ir)
     return ir
+
+
+def lower_involution(ir: InvolutionIR, aggregation: str = AUTO, output_positions: int | None = None,
+                     after_each: AfterInvolutionPass | None = None) -> InvolutionIR:
+    """``INVOLUTION_PIPELINE`` on one involution; ``aggregation`` is a lowering's name or ``auto``."""
+    for step in INVOLUTION_PIPELINE:
+        before = ir
+        try:
+            ir = step.apply(ir, f"involution {ir.name}", aggregation=aggregation, output_positions=output_positions)
+        except NotApplicable as reason:
+            ir = ir.noted(f"{step.name} not applied: {reason}")
+        if after_each is not None:
+            after_each(step, before, ir)
+    return ir
+
+
+def output_positions(model: nn.Module, names: list[str], input_shapes: list[tuple[int, ...]] | None) -> dict[str, int]:
+    """Output positions (height x width) of each named module in one forward at ``input_shapes`` (none without)."""
+    if not input_shapes or not names:
+        return {}
+    seen: dict[str, int] = {}
+
+    def recorder(name: str):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen.setdefault(name, int(output.shape[-2] * output.shape[-1]))
+        return record
+
+    hooks = [model.get_submodule(name).register_forward_hook(recorder(name)) for name in names]
+    try:
+        with torch.no_grad():
+            model(*(torch.zeros(shape) for shape in input_shapes))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def lower_involutions(model: nn.Module, choices: dict[str, str] | None = None,
+                      input_shapes: list[tuple[int, ...]] | None = None) -> list[InvolutionReport]:
+    """Every involution of ``model`` replaced, in place, by its lowering: measured ``choices`` where given, else
+    the cost model at the output size ``input_shapes`` gives it."""
+    found = involution_layers(model)
+    positions = output_positions(model, [name for name, _ in found], input_shapes)
+    reports = []
+    for name, module in found:
+        parts = involution_parts(module)
+        assert parts is not None
+        chosen = (choices or {}).get(name, AUTO)
+        lowered = lower_involution(from_involution(name, parts), chosen, positions.get(name))
+        set_submodule(model, name, involution_ir.to_module(lowered))
+        by = "cost model" if chosen == AUTO else "measurement" if choices and name in choices else "forced"
+        reports.append(InvolutionReport(name, parts.channels, parts.kernel_size, parts.stride, parts.dilation,
+                                        parts.groups, lowered.lowering or "unfold", by,
+                                        parts.reduce_norm is not None and lowered.reduce_norm is None,
+                                        list(lowered.notes)))
+    return reports
 
 
 ModelPassResults = dict[str, tuple[list[Any], str | None]]
@@ -128,9 +214,13 @@ def plain_model(searched: nn.Module) -> nn.Module:
 
 
 def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
-                  choices: dict[str, str] | None = None) -> CompileResult:
-    """A copy of ``searched`` with every ``SearchedConv`` lowered to plain convs (BatchNorms folded)."""
+                  choices: dict[str, str] | None = None,
+                  input_shapes: list[tuple[int, ...]] | None = None) -> CompileResult:
+    """A copy of ``searched`` with every ``SearchedConv`` lowered to plain convs and every involution to plain
+    ops (BatchNorms folded). ``choices`` (layer name -> lowering) come from measurement; ``input_shapes`` lets
+    the involutions' cost model see their real sizes."""
     model = copy.deepcopy(searched).eval()
+    involutions = lower_involutions(model, choices, input_shapes)
     reports = []
     for name, layer in searched_layers(model):
         ir = from_searched(name, layer)
@@ -150,4 +240,4 @@ def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
     if fold_bn:
         model, results = run_model_passes(model)
         folded, bn_note = results["fold_batchnorm"]
-    return CompileResult(model, reports, folded, bn_note)
+    return CompileResult(model, reports, folded, bn_note, involutions)

@@ -39,7 +39,9 @@ def stale_structure(structure: Structure | None, progress: TrainingProgress, che
 
 
 def note_provenance(info: LoadInfo, weights: str, structure: Structure | None, progress: TrainingProgress,
-                    checkpoint: str) -> None:
+                    checkpoint: str, involutions: int = 0) -> None:
+    """Warnings and notes on where the weights came from; ``involutions``: how many the model holds (they are
+    lowered whether or not anything was searched)."""
     info.weights = weights
     if weights == RANDOM:
         info.warnings.append("no --ckpt: the weights are random, so verification proves the lowering, "
@@ -47,7 +49,9 @@ def note_provenance(info: LoadInfo, weights: str, structure: Structure | None, p
     elif weights == AS_BUILT:
         info.warnings.append("no --ckpt: the weights are the model's own as built; verification proves the "
                              "lowering, not a trained model")
-    if not info.searched and not info.single_branch:
+    if not info.searched and not info.single_branch and involutions:
+        info.notes.append(f"0 searched layers: {involutions} involution(s) are lowered instead")
+    elif not info.searched and not info.single_branch:
         info.warnings.append("0 searched layers: nothing was lowered (give --structure, or a checkpoint with "
                              "alphas)")
     stale = stale_structure(structure, progress, checkpoint)

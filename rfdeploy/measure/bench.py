@@ -176,6 +176,7 @@ class BenchReport:
     iters: int
     versions: dict[str, str]
     searched_layers: int = 0
+    involutions: int = 0
     results: list[BenchResult] = field(default_factory=list)
     compile: dict = field(default_factory=dict)
     reference: str = ""  # the row ratios are to: "BACKEND searched fp32"
@@ -304,14 +305,16 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
     check_bench_precisions(backends, precisions)
     check_backends(backends, device)
     tick = tick or (lambda text: None)
-    compiled = compile_model(searched, mode, choices=choices)
+    compiled = compile_model(searched, mode, choices=choices, input_shapes=input_shapes)
     chosen = variants(searched, compiled.model, with_plain)
     inputs = random_inputs(input_shapes, seed)
     reference = Reference(searched)
     report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
-                         warmup, iters, versions(), len(compiled.layers), cpu_flags=cpu_flags() if device == "cpu" else [])
+                         warmup, iters, versions(), len(compiled.layers), len(compiled.involutions),
+                         cpu_flags=cpu_flags() if device == "cpu" else [])
     report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
-                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}}
+                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}
+                      | {involution.name: involution.lowering for involution in compiled.involutions}}
     rows, report.skipped = plan_rows(backends, chosen, precisions)
     int8_sets = None
     if any(row.precision == "int8" for row in rows):

@@ -1,9 +1,11 @@
-"""Lowering chosen by measurement: each searched layer's exact lowerings, timed alone on the target backend.
+"""Lowering chosen by measurement: each searched layer's or involution's exact lowerings, timed alone on the
+target backend.
 
 A layer is timed at the input shape it really sees (captured by forward hooks on one run of the searched
 model), as a one-layer model: exported to ONNX for onnxruntime / TensorRT, eager for torch. Its
-candidates (``single``: one merged conv; ``multi``: one conv per branch) and, as a reference, the
-searched op itself run interleaved after a warm-up, one run of each per round.
+candidates (``single``: one merged conv; ``multi``: one conv per branch; for an involution, each aggregation of
+``choose_aggregation``) and, as a reference, the op as written (the search op; the involution with its
+``nn.Unfold``) run interleaved after a warm-up, one run of each per round.
 
 This is repeated in several fresh sessions, and each candidate keeps its lowest median over them: on
 onnxruntime CPU a one-layer session was seen to stay up to 1.5x slower than an identical one for all of
@@ -14,7 +16,7 @@ At a lower precision the candidates are timed in it (at int8 each one-layer mode
 too, is quantized on the layer's own inputs from the calibration batches), and each one's SNR against the
 searched op's fp32 output is measured as well: ``single`` sums the branches' weights before they are
 rounded, ``multi`` rounds each branch's, so the two can quantize differently. The fastest is kept
-unless it is more than ``SNR_MARGIN_DB`` worse than the other; the report says which and why.
+unless it is more than ``SNR_MARGIN_DB`` worse than the most accurate; the report says which and why.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from torch import nn
 
 from rfdeploy.backends import BACKENDS, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
+from rfdeploy.compiler import involution_ir
 from rfdeploy.compiler.ir import from_searched, to_module
-from rfdeploy.compiler.pipeline import lower_layer, searched_layers
+from rfdeploy.compiler.passes.choose_aggregation import CANDIDATES as AGGREGATIONS
+from rfdeploy.compiler.pipeline import lower_involution, lower_layer, searched_layers
 from rfdeploy.compiler.quantize import quantize_int8
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.bench import Tick, device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
@@ -49,13 +54,14 @@ class LayerTiming:
     input_shape: list[int]
     kernel_size: list[int]
     groups: int
-    rates: list[list[int]]
+    rates: list[list[int]]  # an involution: its dilation
     median_ms: dict[str, float]  # per candidate lowering, and the searched op as a reference: best session
     session_medians_ms: dict[str, list[float]]
     ratio_to_searched: dict[str, float]  # per candidate: its median_ms / the searched op's
     chosen: str
+    op: str = "searched conv"  # or "involution"
     precision: str = "fp32"
-    snr_db: dict[str, float | None] | None = None  # below fp32: per candidate, against the searched fp32 op
+    snr_db: dict[str, float | None] | None = None  # below fp32: per candidate, against the op as written in fp32
     why: str = "fastest"
 
 
@@ -74,7 +80,7 @@ class TuningResult:
     @property
     def choices(self) -> dict[str, str]:
         """Layer name -> the measured fastest lowering, for ``compile_model(..., choices=)``."""
-        return {layer.name: layer.chosen for layer in self.layers if layer.chosen in CANDIDATES}
+        return {layer.name: layer.chosen for layer in self.layers if layer.chosen in CANDIDATES + AGGREGATIONS}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -99,8 +105,13 @@ def parse_target(target: str, precision: str = "fp32") -> tuple[str, str]:
     return backend, device
 
 
+def tunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Searched convs and involutions: the layers with lowerings to choose from."""
+    return [*searched_layers(model), *involution_layers(model)]
+
+
 def layer_inputs(searched: nn.Module, input_sets: list[list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
-    """Each searched layer's input in a forward of the whole model on each input set."""
+    """Each tunable layer's input in a forward of the whole model on each input set."""
     seen: dict[str, list[torch.Tensor]] = {}
 
     def recorder(name: str):
@@ -108,7 +119,7 @@ def layer_inputs(searched: nn.Module, input_sets: list[list[torch.Tensor]]) -> d
             seen.setdefault(name, []).append(args[0].detach().clone())
         return record
 
-    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in searched_layers(searched)]
+    hooks = [layer.register_forward_pre_hook(recorder(name)) for name, layer in tunable_layers(searched)]
     try:
         with torch.no_grad():
             for inputs in input_sets:
@@ -120,13 +131,19 @@ def layer_inputs(searched: nn.Module, input_sets: list[list[torch.Tensor]]) -> d
 
 
 def layer_input_shapes(searched: nn.Module, input_shapes: list[tuple[int, ...]], seed: int = 0) -> dict[str, tuple]:
-    """The shape each searched layer's input has in one forward of the whole model."""
+    """The shape each tunable layer's input has in one forward of the whole model."""
     seen = layer_inputs(searched, [random_inputs(input_shapes, seed)])
     return {name: tuple(tensors[0].shape) for name, tensors in seen.items()}
 
 
-def candidates(name: str, layer: SearchedConv) -> dict[str, nn.Module]:
+def candidates(name: str, layer: nn.Module) -> dict[str, nn.Module]:
     """Each distinct exact lowering of the layer (one entry when ``single`` cannot apply)."""
+    parts = involution_parts(layer)
+    if parts is not None:
+        involution = involution_ir.from_involution(name, parts)
+        return {aggregation: involution_ir.to_module(lower_involution(involution, aggregation))
+                for aggregation in AGGREGATIONS}
+    assert isinstance(layer, SearchedConv)
     ir = from_searched(name, layer)
     lowered = {mode: lower_layer(ir, mode) for mode in CANDIDATES}
     distinct: dict[str, nn.Module] = {}
@@ -179,7 +196,7 @@ def candidate_snr(candidates: dict[str, Candidate], reference: nn.Module, held_o
 
 
 def choose(options: list[str], best_ms: dict[str, float], snr: dict[str, float | None] | None) -> tuple[str, str]:
-    """The fastest option, unless it loses more than ``SNR_MARGIN_DB`` to another; and why."""
+    """The fastest option, unless it loses more than ``SNR_MARGIN_DB`` to the most accurate; and why."""
     fastest = min(options, key=best_ms.__getitem__)
     if snr is None:
         return fastest, "fastest"
@@ -191,10 +208,20 @@ def choose(options: list[str], best_ms: dict[str, float], snr: dict[str, float |
     if db(accurate) - db(fastest) > SNR_MARGIN_DB:
         return accurate, (f"{fastest} ran {best_ms[accurate] / best_ms[fastest]:.2f}x faster but quantizes "
                           f"{db(accurate) - db(fastest):.1f} dB worse (more than {SNR_MARGIN_DB:g} dB)")
-    return fastest, "fastest, within " + f"{SNR_MARGIN_DB:g} dB of the other's SNR"
+    return fastest, f"fastest, within {SNR_MARGIN_DB:g} dB of the best SNR"
 
 
-def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, device: str, threads: int,
+def geometry(layer: nn.Module) -> tuple[list[int], int, list[list[int]], str]:
+    """Kernel, groups, rates (dilations) and kind of a tunable layer, for the report."""
+    parts = involution_parts(layer)
+    if parts is not None:
+        k, d = parts.kernel_size, parts.dilation
+        return [k, k], parts.groups, [[d, d]], "involution"
+    assert isinstance(layer, SearchedConv)
+    return list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates], "searched conv"
+
+
+def time_layer(name: str, layer: nn.Module, shape: tuple, backend: str, device: str, threads: int,
                warmup: int, iters: int, sessions: int, precision: str = "fp32",
                inputs: list[torch.Tensor] | None = None) -> LayerTiming | None:
     """``inputs``: the layer's inputs in the whole model, needed below fp32 (the first ones calibrate int8,
@@ -213,18 +240,19 @@ def time_layer(name: str, layer: SearchedConv, shape: tuple, backend: str, devic
     if precision != "fp32":
         snr = candidate_snr(ready, layer.eval(), (inputs or example)[-1], backend, device, precision)
     chosen, why = choose(list(options), best, snr)
-    return LayerTiming(name, list(shape), list(layer.kernel_size), layer.groups, [list(r) for r in layer.rates],
-                       best, per_session, {label: round(best[label] / best[REFERENCE], 4) for label in options},
-                       chosen, precision, snr, why)
+    kernel, groups, rates, op = geometry(layer)
+    return LayerTiming(name, list(shape), kernel, groups, rates, best, per_session,
+                       {label: round(best[label] / best[REFERENCE], 4) for label in options}, chosen, op, precision,
+                       snr, why)
 
 
-LayerToTune = tuple[str, SearchedConv, tuple]
+LayerToTune = tuple[str, nn.Module, tuple]
 
 
 def tune_layers(layers: Iterable[LayerToTune], backend: str, warmup: int = 3, iters: int = 15,
                 threads: int | None = None, sessions: int = 3, tick: Tick | None = None, precision: str = "fp32",
                 inputs: dict[str, list[torch.Tensor]] | None = None) -> TuningResult:
-    """Per (name, searched layer, its input shape) with two exact lowerings, the one that ran fastest (at a
+    """Per (name, tunable layer, its input shape) with two exact lowerings, the one that ran fastest (at a
     lower precision: unless it is much less accurate; ``inputs`` per layer, see ``time_layer``)."""
     backend, device = parse_target(backend, precision)
     threads = threads or torch.get_num_threads()
@@ -244,14 +272,14 @@ def tune_lowerings(searched: nn.Module, input_shapes: list[tuple[int, ...]], bac
                    iters: int = 15, threads: int | None = None, seed: int = 0, sessions: int = 3,
                    tick: Tick | None = None, precision: str = "fp32",
                    calibration: list[InputSet] | None = None) -> TuningResult:
-    """Per searched layer with two exact lowerings, the one that ran fastest on ``backend[:device]`` at
+    """Per searched layer or involution with two exact lowerings, the one that ran fastest on ``backend[:device]`` at
     ``precision`` (below fp32, the layers' inputs come from ``calibration``, else from seeded inputs)."""
     parse_target(backend, precision)  # an unknown or unusable backend fails before the model runs
     sets = [list(s.tensors) for s in (calibration or [])[:CALIBRATION_SETS]]
     if precision != "fp32" and len(sets) < 2:
         sets = [random_inputs(input_shapes, seed + i) for i in range(CALIBRATION_SETS)]
     seen = layer_inputs(searched, sets or [random_inputs(input_shapes, seed)])
-    layers = [(name, layer, tuple(seen[name][0].shape)) for name, layer in searched_layers(searched)
+    layers = [(name, layer, tuple(seen[name][0].shape)) for name, layer in tunable_layers(searched)
               if name in seen]  # not on the forward path of this input otherwise
     return tune_layers(layers, backend, warmup, iters, threads, sessions, tick, precision,
                        seen if precision != "fp32" else None)

@@ -26,7 +26,7 @@ class ZooEntry:
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
-_MODULES = ("convnext", "resnet", "res2net", "hrnet", "pvt", "mstcn")
+_MODULES = ("convnext", "resnet", "res2net", "rednet", "hrnet", "pvt", "mstcn")
 
 
 def register(input_shape: tuple[int, ...], description: str, component: str = "backbone"):

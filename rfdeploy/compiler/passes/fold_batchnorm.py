@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from rfdeploy.compiler.involution_ir import LoweredInvolution
 from rfdeploy.compiler.ir import BranchSum, ConvReLU, is_dilated
 from rfdeploy.errors import first_line
 from rfdeploy.loader.searched_conv import SearchedConv
@@ -29,7 +30,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d)
 
 class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        return isinstance(module, (BranchSum, ConvReLU, SearchedConv)) or super().is_leaf_module(module, qualname)
+        return (isinstance(module, (BranchSum, ConvReLU, SearchedConv, LoweredInvolution))
+                or super().is_leaf_module(module, qualname))
 
 
 def _foldable_convs(module: nn.Module) -> list[_ConvNd] | None:
