@@ -22,15 +22,8 @@ from rfdeploy import api, cli
 from rfdeploy.backends import check_backends, make_runner, parse_backends
 from rfdeploy.compiler.pipeline import searched_layers
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.bench import (
-    bench,
-    device_name,
-    plain_model,
-    randomize_alphas,
-    summarize,
-    time_interleaved,
-    torch_settings,
-)
+from rfdeploy.measure.bench import bench, plain_model, randomize_alphas
+from rfdeploy.measure.timing import device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import random_inputs, reference_outputs
 
 MODULE = "rfdeploy_bench_tiny_net"  # a module name no other test uses

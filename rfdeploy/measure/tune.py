@@ -39,7 +39,7 @@ from rfdeploy.compiler.quantize import quantize_int8
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
-from rfdeploy.measure.bench import Tick, device_name, summarize, time_interleaved, torch_settings
+from rfdeploy.measure.timing import Tick, device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
 
 CANDIDATES = ("single", "multi")

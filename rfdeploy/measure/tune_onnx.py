@@ -9,7 +9,7 @@ import torch
 from rfdeploy.compiler.ir import ConvIR
 from rfdeploy.loader.onnx_graph import find_searched_convs, import_graph
 from rfdeploy.loader.searched_conv import SearchedConv
-from rfdeploy.measure.bench import Tick
+from rfdeploy.measure.timing import Tick
 from rfdeploy.measure.tune import TuningResult, tune_layers
 from rfdeploy.measure.verify_onnx import Shape, tensor_shapes
 
