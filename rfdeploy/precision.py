@@ -20,6 +20,7 @@ from rfdeploy.errors import RFDeployError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_MIN_SNR_DB = {"fp16": 40.0, "bf16": 25.0, "int8": 15.0}
+SNR_MARGIN_DB = 3.0  # what a faster variant may cost in SNR, no more: half the signal-to-noise power
 
 
 def check_precision(precision: str) -> str:
@@ -40,3 +41,23 @@ def min_snr_for(precision: str, given: float | None = None) -> float | None:
     """The SNR a run at ``precision`` must reach: ``given``, else the default; None for fp32 (judged by
     tolerances) unless given."""
     return given if given is not None else DEFAULT_MIN_SNR_DB.get(precision)
+
+
+def fastest_within_margin(options: list[str], best_ms: dict[str, float],
+                          snr: dict[str, float | None] | None) -> tuple[str, str]:
+    """The fastest option, unless its SNR is more than ``SNR_MARGIN_DB`` below the most accurate one's (then
+    that one); and why. ``snr`` None: the fastest (fp32, where every option is exact); an SNR of None: no
+    difference at all."""
+    fastest = min(options, key=best_ms.__getitem__)
+    if snr is None:
+        return fastest, "fastest"
+
+    def db(label: str) -> float:
+        value = snr[label]
+        return float("inf") if value is None else value
+
+    accurate = max(options, key=db)
+    if db(accurate) - db(fastest) > SNR_MARGIN_DB:
+        return accurate, (f"{fastest} ran {best_ms[accurate] / best_ms[fastest]:.2f}x faster but quantizes "
+                          f"{db(accurate) - db(fastest):.1f} dB worse (more than {SNR_MARGIN_DB:g} dB)")
+    return fastest, f"fastest, within {SNR_MARGIN_DB:g} dB of the best SNR"

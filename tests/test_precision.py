@@ -149,6 +149,7 @@ def test_reports_give_each_outputs_own_figures(files):
     (["--precision", "int8", "--calib", "nowhere.npz"], ("nowhere.npz",)),
     (["--precision", "int8", "--calib", "random", "--calib-std", "1,0,1"], ("--calib-std",)),
     (["--min-snr", "30"], ("--min-snr", "fp32")),
+    (["--precision", "int8", "--calib", "random", "--int8-ops", "some"], ("--int8-ops", "some")),
     (["--verify-backends", "torch"], ("torch", "ONNX")),
 ])
 def test_unsupported_precision_pairs_are_one_line_errors_before_any_work(files, capsys, argv, names):
@@ -262,9 +263,39 @@ def test_tuning_at_int8_times_and_scores_each_lowering_quantized(files):
 
 
 def test_a_faster_lowering_that_quantizes_much_worse_is_not_kept():
-    from rfdeploy.measure.tune import choose
+    from rfdeploy.precision import fastest_within_margin as choose
 
     assert choose(["single", "multi"], {"single": 1.0, "multi": 2.0}, None) == ("single", "fastest")
     assert choose(["single", "multi"], {"single": 1.0, "multi": 2.0}, {"single": 30.0, "multi": 32.0})[0] == "single"
     chosen, why = choose(["single", "multi"], {"single": 1.0, "multi": 2.0}, {"single": 20.0, "multi": 32.0})
     assert chosen == "multi" and "12.0 dB worse" in why
+
+
+def test_conv_matmul_op_set_quantizes_only_convs_and_matmuls(files):
+    from rfdeploy.compiler.quantize import quantize_int8
+
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    sets = calibration_data("random", [(1, 3, 12, 12)], 4).calibration
+
+    def computing_ops(model: onnx.ModelProto) -> list[str]:
+        return sorted(node.op_type for node in model.graph.node if node.op_type not in ("QuantizeLinear", "DequantizeLinear"))
+
+    # conv-matmul: every other node stays as it was, in fp32 between QDQ pairs; all: the ReLU is quantized
+    # too, which onnxruntime's quantizer does by folding it into the conv's output range
+    assert computing_ops(quantize_int8(fp32, sets, ops="conv-matmul")) == computing_ops(fp32) == ["Conv", "Conv", "Relu"]
+    assert computing_ops(quantize_int8(fp32, sets, ops="all")) == ["Conv", "Conv"]
+
+
+def test_int8_export_times_each_op_set_and_keeps_the_fastest_within_the_margin(files):
+    from rfdeploy.compiler.quantize import OP_SETS
+    from rfdeploy.precision import SNR_MARGIN_DB
+
+    result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
+                        precision=PrecisionRequest("int8", calib="random", calib_count=4))
+    ops = result.report["precision"]["quantized_ops"]
+    assert set(ops["median_ms"]) == set(OP_SETS) and ops["backend"] == "onnxruntime"
+    fastest = min(OP_SETS, key=ops["median_ms"].__getitem__)
+    best_snr = max(ops["snr_db"].values())
+    expected = fastest if best_snr - ops["snr_db"][fastest] <= SNR_MARGIN_DB else \
+        max(OP_SETS, key=ops["snr_db"].__getitem__)
+    assert ops["kept"] == expected

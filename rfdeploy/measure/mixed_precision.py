@@ -103,12 +103,13 @@ def _nodes_touching(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]
 
 
 def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Callable[[onnx.ModelProto], float],
-              target_db: float, held_out: list[InputSet], tick: Callable[[str], None] | None = None) -> MixedPrecision:
+              target_db: float, held_out: list[InputSet], tick: Callable[[str], None] | None = None,
+              ops: str = "all") -> MixedPrecision:
     """The int8 model with the fewest worst tensors kept in fp32 whose SNR (``snr_of``) reaches
     ``target_db``; with every ranked tensor kept and the target still missed, the best model found, ``met``
     false."""
     step = tick or (lambda text: None)
-    int8 = quantizer.quantize()
+    int8 = quantizer.quantize(ops=ops)
     tried: list[dict] = []
     results: dict[int, tuple[onnx.ModelProto, float]] = {0: (int8, snr_of(int8))}
     tried.append({"kept_tensors": 0, "snr_db": round(results[0][1], 2)})
@@ -120,7 +121,7 @@ def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Ca
     def attempt(count: int) -> float:
         if count not in results:
             step(f"keeping the {count} worst tensor(s) in fp32")
-            model = quantizer.quantize(_nodes_of(costs[:count]))
+            model = quantizer.quantize(_nodes_of(costs[:count]), ops)
             results[count] = (model, snr_of(model))
             tried.append({"kept_tensors": count, "snr_db": round(results[count][1], 2)})
         return results[count][1]

@@ -13,19 +13,22 @@ Each backend that runs it is checked on held-out inputs by SNR against the searc
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import onnx
 
 from rfdeploy.backends import backend, make_runner
-from rfdeploy.compiler.quantize import Int8Quantizer, quantized_nodes
+from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
 from rfdeploy.measure.mixed_precision import reach_snr
-from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, verify_on
-from rfdeploy.precision import check_precision, min_snr_for
+from rfdeploy.measure.timing import summarize, time_interleaved
+from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
+from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
 
 INT8_FILE = "model.int8.onnx"
+MEASURE = "measure"
 DEFAULT_BACKENDS = {"int8": ("onnxruntime",), "bf16": ("openvino",), "fp16": ()}
 
 
@@ -40,6 +43,7 @@ class PrecisionRequest:
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
     backends: tuple[str, ...] = ()  # () : DEFAULT_BACKENDS
+    int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed on the first backend, the fastest kept
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -61,6 +65,7 @@ class PrecisionResult:
     calibration: CalibrationData | None = None
     model: onnx.ModelProto | None = None  # the int8 model, to write as INT8_FILE
     mixed: dict | None = None
+    ops: dict | None = None  # which ops were quantized, and (measured) why
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -76,7 +81,8 @@ class PrecisionResult:
                 "file": INT8_FILE if self.model is not None else None,
                 "quantized_nodes": quantized_nodes(self.model) if self.model is not None else None,
                 "calibration": self.calibration.to_json() if self.calibration else None,
-                "mixed_precision": self.mixed, "checks": [check.to_json() for check in self.checks],
+                "quantized_ops": self.ops, "mixed_precision": self.mixed,
+                "checks": [check.to_json() for check in self.checks],
                 "passed": self.passed}
 
 
@@ -85,6 +91,8 @@ def check_request(request: PrecisionRequest, engine: bool) -> None:
     if request.precision == "fp16" and not engine:
         raise RFDeployError("--precision fp16 deploys a TensorRT engine: add --trt (onnxruntime runs fp32 and int8, "
                             "OpenVINO fp32, bf16 and int8)")
+    if request.int8_ops not in (MEASURE, *OP_SETS):
+        raise RFDeployError(f"--int8-ops {request.int8_ops}: one of {MEASURE}, {', '.join(OP_SETS)}")
     if request.precision == "fp32" and request.min_snr_db is not None:
         raise RFDeployError("--min-snr judges a lower --precision; fp32 is held to --atol and --rtol")
     if request.precision != "int8" and request.calib is not None:
@@ -122,13 +130,37 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
 
     step(f"calibrating on {len(data.calibration)} batch(es) ({request.calib_method}) and quantizing")
     with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method) as quantizer:
+        ops = {"kept": request.int8_ops, "why": "--int8-ops"}
+        if request.int8_ops == MEASURE:
+            step(f"timing the int8 model with each set of quantized ops on {first}")
+            ops = measured_op_set(quantizer, first, reference, data.held_out)
         if request.min_snr_db is None:
-            model, mixed = quantizer.quantize(), None
+            model, mixed = quantizer.quantize(ops=ops["kept"]), None
         else:
-            found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step)
+            found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step, ops["kept"])
             model, mixed = found.model, found.to_json()
     checks = [_check(name, model, "int8", reference, data.held_out, seed, target) for name in request.verify_backends]
-    return PrecisionResult("int8", target, checks, data, model, mixed, list(data.warnings))
+    return PrecisionResult("int8", target, checks, data, model, mixed, ops, list(data.warnings))
+
+
+def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Reference, held_out: list[InputSet],
+                    warmup: int = 3, iters: int = 10) -> dict:
+    """Each of ``OP_SETS`` quantized and timed interleaved on ``backend_name``; the fastest, unless it costs
+    more than ``SNR_MARGIN_DB`` of SNR."""
+    models = {name: quantizer.quantize(ops=name) for name in OP_SETS}
+    example = list(held_out[0].tensors)
+    with contextlib.ExitStack() as open_runners:
+        runners = {name: open_runners.enter_context(
+            make_runner(backend_name, None, example, threads=0, onnx_model=model, precision="int8"))
+            for name, model in models.items()}
+        snr = {name: finite_db(compare_on(runner, reference, held_out).snr_db) for name, runner in runners.items()}
+        for runner in runners.values():
+            runner.load(example)
+        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters)
+    medians = {name: summarize(values).p50_ms for name, values in samples.items()}
+    kept, why = fastest_within_margin(list(models), medians, snr)
+    return {"kept": kept, "why": why, "median_ms": medians,
+            "snr_db": snr, "backend": backend_name}
 
 
 def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,

@@ -16,7 +16,7 @@ At a lower precision the candidates are timed in it (at int8 each one-layer mode
 too, is quantized on the layer's own inputs from the calibration batches), and each one's SNR against the
 searched op's fp32 output is measured as well: ``single`` sums the branches' weights before they are
 rounded, ``multi`` rounds each branch's, so the two can quantize differently. The fastest is kept
-unless it is more than ``SNR_MARGIN_DB`` worse than the most accurate; the report says which and why.
+unless it is more than ``SNR_MARGIN_DB`` worse than the most accurate (``rfdeploy.precision``); the report says which and why.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.timing import Tick, device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
+from rfdeploy.precision import fastest_within_margin
 
 CANDIDATES = ("single", "multi")
 REFERENCE = "searched"
-SNR_MARGIN_DB = 3.0  # a faster lowering may cost this much SNR, no more (half the signal-to-noise power)
 CALIBRATION_SETS = 4  # per layer, at int8
 
 
@@ -195,22 +195,6 @@ def candidate_snr(candidates: dict[str, Candidate], reference: nn.Module, held_o
     return snr
 
 
-def choose(options: list[str], best_ms: dict[str, float], snr: dict[str, float | None] | None) -> tuple[str, str]:
-    """The fastest option, unless it loses more than ``SNR_MARGIN_DB`` to the most accurate; and why."""
-    fastest = min(options, key=best_ms.__getitem__)
-    if snr is None:
-        return fastest, "fastest"
-    def db(label: str) -> float:
-        value = snr[label]
-        return float("inf") if value is None else value
-
-    accurate = max(options, key=db)
-    if db(accurate) - db(fastest) > SNR_MARGIN_DB:
-        return accurate, (f"{fastest} ran {best_ms[accurate] / best_ms[fastest]:.2f}x faster but quantizes "
-                          f"{db(accurate) - db(fastest):.1f} dB worse (more than {SNR_MARGIN_DB:g} dB)")
-    return fastest, f"fastest, within {SNR_MARGIN_DB:g} dB of the best SNR"
-
-
 def geometry(layer: nn.Module) -> tuple[list[int], int, list[list[int]], str]:
     """Kernel, groups, rates (dilations) and kind of a tunable layer, for the report."""
     parts = involution_parts(layer)
@@ -239,7 +223,7 @@ def time_layer(name: str, layer: nn.Module, shape: tuple, backend: str, device: 
     snr = None
     if precision != "fp32":
         snr = candidate_snr(ready, layer.eval(), (inputs or example)[-1], backend, device, precision)
-    chosen, why = choose(list(options), best, snr)
+    chosen, why = fastest_within_margin(list(options), best, snr)
     kernel, groups, rates, op = geometry(layer)
     return LayerTiming(name, list(shape), kernel, groups, rates, best, per_session,
                        {label: round(best[label] / best[REFERENCE], 4) for label in options}, chosen, op, precision,
