@@ -23,7 +23,7 @@ from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
 from rfdeploy.measure.mixed_precision import reach_snr
-from rfdeploy.measure.timing import summarize, time_interleaved
+from rfdeploy.measure.timing import Tick, summarize, time_interleaved
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
 from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
 
@@ -110,7 +110,7 @@ def calibration_for(request: PrecisionRequest, shapes: list[tuple[int, ...]], se
 
 
 def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference: Reference,
-           shapes: list[tuple[int, ...]], seed: int, fallback_sets: list[InputSet], tick=None,
+           shapes: list[tuple[int, ...]], seed: int, fallback_sets: list[InputSet], tick: Tick | None = None,
            data: CalibrationData | None = None) -> PrecisionResult:
     """The ``request.precision`` artifact of ``compiled_onnx``, checked on every verification backend
     (int8: calibrated on ``data``, else on the data ``request`` names)."""
@@ -159,8 +159,7 @@ def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Refe
         samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters)
     medians = {name: summarize(values).p50_ms for name, values in samples.items()}
     kept, why = fastest_within_margin(list(models), medians, snr)
-    return {"kept": kept, "why": why, "median_ms": medians,
-            "snr_db": snr, "backend": backend_name}
+    return {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
 
 
 def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,
