@@ -299,3 +299,12 @@ def test_int8_export_times_each_op_set_and_keeps_the_fastest_within_the_margin(f
     expected = fastest if best_snr - ops["snr_db"][fastest] <= SNR_MARGIN_DB else \
         max(OP_SETS, key=ops["snr_db"].__getitem__)
     assert ops["kept"] == expected
+
+
+def test_an_int8_export_serves_the_int8_model_in_triton(files, capsys):
+    repo = files.root / "repo"
+    code, err = run_main(files.args() + ["--precision", "int8", "--calib", "random", "--calib-count", "4",
+                                         "--triton", str(repo), "--triton-name", "tiny"], capsys)
+    assert code == 0, err
+    served = repo / "tiny" / "1" / "model.onnx"
+    assert served.read_bytes() == (files.out / "model.int8.onnx").read_bytes()
