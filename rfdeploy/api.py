@@ -38,6 +38,7 @@ from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
+from rfdeploy.measure.layout import choose_layout, layout_target
 from rfdeploy.measure.reduced_precision import (
     INT8_FILE,
     PrecisionRequest,
@@ -225,6 +226,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     step("exporting ONNX")
     onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch, dynamic_shape)
     onnx_model, graph_passes = run_graph_passes(onnx_model)
+    target = layout_target(tune, lowered.verify_backends if lowered is not None else (),
+                           lowered.precision if lowered is not None else "fp32")
+    onnx_model, layout = choose_layout(onnx_model, target[0], random_inputs(shapes, seed), target[2], target[1],
+                                       tick=step)
     counts = op_counts(onnx_model)
     leftover = search_ops_left(onnx_model)
     step("verifying in onnxruntime")
@@ -254,6 +259,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         "folded_batchnorms": len(result.folded_batchnorms),
         "batchnorm_note": result.batchnorm_note,
         "graph_passes": graph_pass_report(graph_passes),
+        "layout": layout,
         "onnx_ops": counts,
         "onnx": onnx_file_facts(onnx_model, result.layers),
         "search_ops_left": leftover,

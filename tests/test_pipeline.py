@@ -14,6 +14,7 @@ from rfdeploy.compiler.pipeline import (
     GRAPH_PIPELINE,
     INVOLUTION_PIPELINE,
     KEEP_STRONGEST_BRANCH,
+    SINK_TRANSPOSES,
     LAYER_PIPELINE,
     MODEL_PIPELINE,
     lower_layer,
@@ -32,7 +33,7 @@ def readme_pass_table() -> list[str]:
 
 def test_the_readme_pass_table_is_the_declared_pipeline_in_order():
     declared = [p.name for p in flattened(LAYER_PIPELINE + INVOLUTION_PIPELINE + MODEL_PIPELINE + GRAPH_PIPELINE)]
-    declared.append(KEEP_STRONGEST_BRANCH.name)
+    declared += [SINK_TRANSPOSES.name, KEEP_STRONGEST_BRANCH.name]
     assert readme_pass_table() == declared
 
 

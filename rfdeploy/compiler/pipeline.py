@@ -28,6 +28,7 @@ from rfdeploy.compiler.passes.lower_multi import lower_multi
 from rfdeploy.compiler.passes.lower_single import lower_single
 from rfdeploy.compiler.passes.merge_biases import merge_biases
 from rfdeploy.compiler.passes.merge_equal_rates import merge_equal_rates
+from rfdeploy.compiler.passes.sink_transposes import sink_transposes
 from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import searched_layers
 from rfdeploy.modules import set_submodule
@@ -57,6 +58,9 @@ MODEL_PIPELINE = (
 GRAPH_PIPELINE = (
     Pass("fold_channel_scales", fold_channel_scales, Preserves.ROUNDING),
 )
+# After GRAPH_PIPELINE, where measurement says so (``measure.layout``): it speeds one backend up and slows
+# another down.
+SINK_TRANSPOSES = Pass("sink_transposes", sink_transposes, Preserves.ROUNDING)
 # Not in the compiler's pipelines: the single-branch cost reference of ``bench --with-plain``.
 KEEP_STRONGEST_BRANCH = Pass("keep_strongest_branch", keep_strongest_branch, Preserves.NOTHING)
 check_order(LAYER_PIPELINE)

@@ -24,6 +24,7 @@ from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_ru
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_passes, searched_layers
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.layout import choose_layout
 from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
 from rfdeploy.measure.timing import (
     Tick,
@@ -99,6 +100,7 @@ class BenchReport:
     cpu_flags: list[str] = field(default_factory=list)  # those that decide int8 / bf16 speed
     precision: dict = field(default_factory=dict)  # calibration and targets of the lower precisions
     skipped: list[str] = field(default_factory=list)  # "BACKEND PRECISION" pairs the backend does not run
+    layouts: dict = field(default_factory=dict)  # "BACKEND PRECISION" -> the compiled graph's layout choice
 
     def speedups(self) -> dict[str, float]:
         """Per backend: searched median / compiled median, both fp32 (above 1: compiled is faster)."""
@@ -232,16 +234,39 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
                       "lowerings": {layer.name: layer.lowering for layer in compiled.layers}
                       | {involution.name: involution.lowering for involution in compiled.involutions}}
     rows, report.skipped = plan_rows(backends, chosen, precisions)
+    with torch_settings(threads):
+        compiled_onnx = per_backend_layouts(rows, chosen[1].onnx_for(inputs), inputs, device, threads, tick)
+    report.layouts = {key: record for key, (_, record) in compiled_onnx.items()}
     int8_sets = None
-    if any(row.precision == "int8" for row in rows):
-        int8_model, int8_sets, report.precision = quantized_for_bench(chosen[1].onnx_for(inputs), reference,
-                                                                       input_shapes, seed, precision_request, tick)
-        for row in rows:
-            row.onnx_model = int8_model if row.precision == "int8" else None
+    quantized: dict[int, onnx.ModelProto] = {}  # per compiled graph (by id): its int8 model
+    for row in rows:
+        if row.variant.name != "compiled" or not backend(row.backend).runs_onnx:
+            continue
+        graph = compiled_onnx[f"{row.backend} {'fp32' if row.precision == 'int8' else row.precision}"][0]
+        if row.precision != "int8":
+            row.onnx_model = graph
+            continue
+        if id(graph) not in quantized:
+            quantized[id(graph)], int8_sets, report.precision = quantized_for_bench(
+                graph, reference, input_shapes, seed, precision_request, tick)
+        row.onnx_model = quantized[id(graph)]
     with torch_settings(threads):
         report.results = bench_rows(rows, inputs, reference, int8_sets, device, threads, warmup, iters, tick)
     report.reference = with_ratios(report.results)
     return report
+
+
+def per_backend_layouts(rows: list[Row], compiled_onnx: onnx.ModelProto, inputs: list[torch.Tensor], device: str,
+                        threads: int, tick: Tick) -> dict[str, tuple[onnx.ModelProto, dict]]:
+    """Per ``"BACKEND PRECISION"`` of the compiled rows on ONNX backends (int8 as fp32: its layout is chosen
+    before quantizing), the compiled graph in the layout that ran faster there, as ``export`` chooses it."""
+    chosen: dict[str, tuple[onnx.ModelProto, dict]] = {}
+    for row in rows:
+        precision = "fp32" if row.precision == "int8" else row.precision
+        key = f"{row.backend} {precision}"
+        if row.variant.name == "compiled" and backend(row.backend).runs_onnx and key not in chosen:
+            chosen[key] = choose_layout(compiled_onnx, row.backend, inputs, precision, device, threads, tick=tick)
+    return chosen
 
 
 def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:

@@ -1,0 +1,64 @@
+"""The layout chosen by measurement: ``sink_transposes`` kept where it makes the graph faster on the target.
+
+Running a channels-last stretch channels-first removes its transposes, and what that is worth depends
+on the backend: on ConvNeXt-T (224x224, 2 threads, interleaved) OpenVINO ran the channels-first graph
+in 0.77x (bf16) and 0.80x (fp32) of the time, onnxruntime in 1.04x (fp32) and 1.07x (int8), its
+matmuls on channels-last tensors being faster than 1x1 convs. So both graphs are timed on the backend
+the export targets, and the faster is kept; the report's ``layout`` says which, with the timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import onnx
+import torch
+
+from rfdeploy.backends import make_runner
+from rfdeploy.compiler.pipeline import SINK_TRANSPOSES, graph_pass_report
+from rfdeploy.measure.timing import Tick, summarize, time_interleaved
+
+AS_EXPORTED = "as exported"
+CHANNELS_FIRST = "channels-first"
+
+
+def choose_layout(model: onnx.ModelProto, backend: str, example: list[torch.Tensor], precision: str = "fp32",
+                  device: str = "cpu", threads: int = 0, warmup: int = 3, iters: int = 10,
+                  tick: Tick | None = None) -> tuple[onnx.ModelProto, dict]:
+    """``model``, or its channels-first form where that ran faster on ``backend`` at ``precision``; and the
+    record of the choice."""
+    channels_first, changed, note = SINK_TRANSPOSES.apply(model, "the ONNX graph")
+    if not changed:
+        return model, {"kept": AS_EXPORTED, "why": note, "backend": backend}
+    if tick:
+        tick(f"timing the graph as exported and channels-first on {backend}")
+    candidates = {AS_EXPORTED: model, CHANNELS_FIRST: channels_first}
+    with contextlib.ExitStack() as open_runners:
+        runners = {name: open_runners.enter_context(
+            make_runner(backend, None, example, device, threads, candidate, precision))
+            for name, candidate in candidates.items()}
+        for runner in runners.values():
+            runner.load(example)
+        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device)
+    medians = {name: summarize(values).p50_ms for name, values in samples.items()}
+    kept = min(medians, key=medians.__getitem__)
+    stretches = graph_pass_report({SINK_TRANSPOSES.name: (changed, note)})[SINK_TRANSPOSES.name]
+    return candidates[kept], {"kept": kept, "why": "faster", "backend": backend, "precision": precision,
+                              "median_ms": medians, "stretches": stretches}
+
+
+def layout_target(tune: str | None, verify_backends: tuple[str, ...], precision: str) -> tuple[str, str, str]:
+    """Where an export's layout is timed: ``(backend, device, precision)``: the ``--tune`` backend where it
+    runs ONNX, else the backend the ``--precision`` model is checked on, else onnxruntime on the CPU. int8
+    is timed in fp32: the layout is chosen before quantizing."""
+    from rfdeploy.backends import backend as backend_entry
+    from rfdeploy.measure.tune import parse_target
+
+    timed = "fp32" if precision == "int8" else precision
+    if tune:
+        name, device = parse_target(tune)
+        if backend_entry(name).runs_onnx:
+            return name, device, timed if timed in backend_entry(name).precisions else "fp32"
+    if verify_backends:
+        return verify_backends[0], "cpu", timed
+    return "onnxruntime", "cpu", "fp32"
