@@ -14,9 +14,9 @@ from rfdeploy.compiler.pipeline import (
     GRAPH_PIPELINE,
     INVOLUTION_PIPELINE,
     KEEP_STRONGEST_BRANCH,
-    SINK_TRANSPOSES,
     LAYER_PIPELINE,
     MODEL_PIPELINE,
+    SINK_TRANSPOSES,
     lower_layer,
 )
 from rfdeploy.loader.searched_conv import SearchedConv
