@@ -310,7 +310,7 @@ def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.Mod
         with make_runner(name, None, [], threads=0, onnx_model=onnx_model) as runner:
             elsewhere.append(verify_on(runner, searched, sets, atol, rtol, seed))
     checks = [ort_check, torch_check, *elsewhere] + ([other_check] if other_check else [])
-    return ort_check.to_json() | {"torch": torch_check.to_json(),
+    return ort_check.to_json() | {"onnxruntime_passed": ort_check.passed, "torch": torch_check.to_json(),
                                   "other_shapes": other_check.to_json() if other_check else None,
                                   "backends": [check.to_json() for check in elsewhere],
                                   "passed": all(check.passed for check in checks)}

@@ -93,6 +93,10 @@ def test_an_unreachable_snr_writes_nothing_but_the_failed_report(files, capsys):
                                          "--min-snr", "400"], capsys)
     assert code == 1, err
     assert sorted(p.name for p in files.out.iterdir()) == ["failed-report.json"]
+    lines = err.splitlines()
+    # the exact fp32 model passed; only the int8 one failed, and each line says its own verdict
+    assert next(line for line in lines if line.startswith("verification vs searched")).endswith("PASSED")
+    assert next(line for line in lines if line.startswith("int8 on onnxruntime")).endswith("FAILED")
     report = json.loads((files.out / "failed-report.json").read_text())["precision"]
     assert not report["passed"] and not report["mixed_precision"]["met"]
 
