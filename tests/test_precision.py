@@ -101,15 +101,18 @@ def test_an_unreachable_snr_writes_nothing_but_the_failed_report(files, capsys):
     assert not report["passed"] and not report["mixed_precision"]["met"]
 
 
-def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(files):
+@pytest.mark.parametrize("ranking", ["output", "qdq"])
+def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(files, ranking):
     shape = [tuple(int(d) for d in SHAPE.split(","))]
     plain = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
                        precision=PrecisionRequest("int8", calib="random", calib_count=4))
     reached = plain.report["precision"]["checks"][0]["snr_db"]
     target = reached + 6.0  # out of reach of the all-int8 model
     mixed = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
-                       precision=PrecisionRequest("int8", calib="random", calib_count=4, min_snr_db=target))
+                       precision=PrecisionRequest("int8", calib="random", calib_count=4, min_snr_db=target,
+                                                  ranking=ranking))
     section = mixed.report["precision"]
+    assert section["mixed_precision"]["ranking"] == ranking
     assert section["passed"] and section["checks"][0]["snr_db"] >= target
     kept = section["mixed_precision"]["kept_fp32_nodes"]
     assert kept and section["quantized_nodes"] < plain.report["precision"]["quantized_nodes"]
@@ -312,3 +315,42 @@ def test_an_int8_export_serves_the_int8_model_in_triton(files, capsys):
     assert code == 0, err
     served = repo / "tiny" / "1" / "model.onnx"
     assert served.read_bytes() == (files.out / "model.int8.onnx").read_bytes()
+
+
+def test_output_ranking_costs_a_tensor_by_the_snr_its_quantization_takes_from_the_outputs(files):
+    from rfdeploy.backends import make_runner
+    from rfdeploy.compiler.quantize import quantize_int8
+    from rfdeploy.measure.mixed_precision import output_costs
+    from rfdeploy.measure.verify import Reference, compare_on
+
+    loaded = api.load(MODEL, files.ckpt, files.structure)
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    data = calibration_data("random", [(1, 3, 12, 12)], 4)
+    int8 = quantize_int8(fp32, data.calibration)
+    reference = Reference(loaded.searched)
+
+    def snr_of(model):
+        with make_runner("onnxruntime", None, [], onnx_model=model, precision="int8") as runner:
+            return compare_on(runner, reference, data.held_out).snr_db
+
+    base = snr_of(int8)
+    costs = output_costs(fp32, int8, snr_of, base)
+    quantized = {n.input[0] for n in int8.graph.node if n.op_type == "QuantizeLinear"} - \
+        {i.name for i in int8.graph.initializer}
+    # every quantized activation, the input and the output too (named as in the float graph)
+    assert {c.tensor for c in costs} == {t.removesuffix("_QuantizeLinear_Input") for t in quantized}
+    assert [c.cost_db for c in costs] == sorted((c.cost_db for c in costs), reverse=True)
+    outputs = {o.name for o in fp32.graph.output}
+    top = next(c for c in costs if c.tensor not in outputs)
+    # the same tensor unquantized another way: the readers of its DequantizeLinear read it directly
+    bypassed = onnx.ModelProto()
+    bypassed.CopyFrom(int8)
+    quantize_outputs = {n.output[0] for n in bypassed.graph.node if n.op_type == "QuantizeLinear"
+                        and n.input[0] == top.tensor}
+    dequantized = {n.output[0] for n in bypassed.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[0] in quantize_outputs}
+    for node in bypassed.graph.node:
+        for index, name in enumerate(node.input):
+            if name in dequantized:
+                node.input[index] = top.tensor
+    assert top.cost_db == pytest.approx(snr_of(bypassed) - base, abs=1e-6)

@@ -16,6 +16,7 @@ from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.compiler.quantize import METHODS, OP_SETS
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from rfdeploy.measure.mixed_precision import RANKINGS
 from rfdeploy.measure.reduced_precision import MEASURE, PrecisionRequest
 from rfdeploy.measure.verify import Verification
 from rfdeploy.precision import DEFAULT_MIN_SNR_DB, PRECISIONS
@@ -115,6 +116,10 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-snr", type=number(float), metavar="DB",
                         help=f"SNR against the searched fp32 outputs that a lower precision must reach (default: "
                              f"{defaults}); for int8, the tensors that cost most are kept in fp32 until it is met")
+    parser.add_argument("--rank-by", choices=RANKINGS, default="output",
+                        help="how --min-snr ranks tensors to keep in fp32: output (each one's measured gain in "
+                             "output SNR; one run per tensor) or qdq (onnxruntime's qdq_loss_debug comparison, "
+                             "two runs, coarser)")
     parser.add_argument("--calib", metavar="PATH|random",
                         help="int8 calibration data: .npy/.npz of input samples (first axis), or a folder of images; "
                              "'random': random inputs, accuracy then unknown (default: none, int8 refused)")
@@ -149,7 +154,7 @@ def precision_request(args: argparse.Namespace, precision: str, backends: tuple[
         raise RFDeployError(f"--calib {args.calib}: no such file or folder")
     preprocess = ImagePreprocess(size, args.calib_mean, args.calib_std, args.calib_bgr)
     return PrecisionRequest(precision, args.calib, args.calib_count, args.calib_method, preprocess, args.min_snr,
-                            backends, args.int8_ops)
+                            backends, args.int8_ops, args.rank_by)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from rfdeploy.backends import backend, make_runner
 from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
-from rfdeploy.measure.mixed_precision import reach_snr
+from rfdeploy.measure.mixed_precision import RANKINGS, reach_snr
 from rfdeploy.measure.timing import Tick, summarize, time_interleaved
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
 from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
@@ -44,6 +44,7 @@ class PrecisionRequest:
     min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
     backends: tuple[str, ...] = ()  # () : DEFAULT_BACKENDS
     int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed on the first backend, the fastest kept
+    ranking: str = "output"  # how mixed precision ranks tensors (``mixed_precision.RANKINGS``)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -93,6 +94,8 @@ def check_request(request: PrecisionRequest, engine: bool) -> None:
                             "OpenVINO fp32, bf16 and int8)")
     if request.int8_ops not in (MEASURE, *OP_SETS):
         raise RFDeployError(f"--int8-ops {request.int8_ops}: one of {MEASURE}, {', '.join(OP_SETS)}")
+    if request.ranking not in RANKINGS:
+        raise RFDeployError(f"--rank-by {request.ranking}: one of {', '.join(RANKINGS)}")
     if request.precision == "fp32" and request.min_snr_db is not None:
         raise RFDeployError("--min-snr judges a lower --precision; fp32 is held to --atol and --rtol")
     if request.precision != "int8" and request.calib is not None:
@@ -137,7 +140,8 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
         if request.min_snr_db is None:
             model, mixed = quantizer.quantize(ops=ops["kept"]), None
         else:
-            found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step, ops["kept"])
+            found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step, ops["kept"],
+                              request.ranking)
             model, mixed = found.model, found.to_json()
     checks = [_check(name, model, "int8", reference, data.held_out, seed, target) for name in request.verify_backends]
     return PrecisionResult("int8", target, checks, data, model, mixed, ops, list(data.warnings))
