@@ -226,10 +226,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     step("exporting ONNX")
     onnx_model = export_onnx(result.model, random_inputs(shapes, seed), opset, dynamic_batch, dynamic_shape)
     onnx_model, graph_passes = run_graph_passes(onnx_model)
-    target = layout_target(tune, lowered.verify_backends if lowered is not None else (),
-                           lowered.precision if lowered is not None else "fp32")
-    onnx_model, layout = choose_layout(onnx_model, target[0], random_inputs(shapes, seed), target[2], target[1],
-                                       tick=step)
+    layout_backend, layout_device, layout_precision = layout_target(
+        tune, lowered.verify_backends if lowered is not None else (), lowered.precision if lowered is not None else "fp32")
+    onnx_model, layout = choose_layout(onnx_model, layout_backend, random_inputs(shapes, seed), layout_precision,
+                                       layout_device, tick=step)
     counts = op_counts(onnx_model)
     leftover = search_ops_left(onnx_model)
     step("verifying in onnxruntime")

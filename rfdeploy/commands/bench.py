@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                        args.mode, choices, args.seed, args.with_plain, loaded.model_name,
                        tick=lambda text: progress.update(task, advance=1, description=text),
                        precisions=args.precisions, precision_request=request)
-    warn(report.precision.get("warnings", []))
+    warn(list(dict.fromkeys(w for section in report.int8.values() for w in section.get("warnings", []))))
     if args.tune:
         report.compile["tune"] = args.tune
         report.compile["tuning"] = tuning.to_json()
@@ -172,9 +172,9 @@ def print_table(report: BenchReport) -> None:
         console.print(f"ratio = p50 / the p50 of {report.reference} (below 1: faster), in this run")
     if report.skipped:
         console.print(f"not run (the backend lacks the precision): {', '.join(report.skipped)}")
-    if report.precision:
-        console.print(f"int8 SNR on the held-out batches {', '.join(report.precision['calibration']['held_out_sets'])}; "
-                      f"other rows on the timed input")
+    if report.int8:
+        held_out = next(iter(report.int8.values()))["calibration"]["held_out_sets"]  # the same on every backend
+        console.print(f"int8 SNR on the held-out batches {', '.join(held_out)}; other rows on the timed input")
     if report.involutions:
         console.print("searched = the model as written: its involutions run nn.Unfold (exported as im2col Gathers)")
     if any(r.variant == "plain" for r in report.results):

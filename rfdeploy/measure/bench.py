@@ -98,7 +98,7 @@ class BenchReport:
     compile: dict = field(default_factory=dict)
     reference: str = ""  # the row ratios are to: "BACKEND searched fp32"
     cpu_flags: list[str] = field(default_factory=list)  # those that decide int8 / bf16 speed
-    precision: dict = field(default_factory=dict)  # calibration and targets of the lower precisions
+    int8: dict = field(default_factory=dict)  # per backend whose graph was quantized: how (as export reports it)
     skipped: list[str] = field(default_factory=list)  # "BACKEND PRECISION" pairs the backend does not run
     layouts: dict = field(default_factory=dict)  # "BACKEND PRECISION" -> the compiled graph's layout choice
 
@@ -247,8 +247,8 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
             row.onnx_model = graph
             continue
         if id(graph) not in quantized:
-            quantized[id(graph)], int8_sets, report.precision = quantized_for_bench(
-                graph, reference, input_shapes, seed, precision_request, tick)
+            quantized[id(graph)], int8_sets, report.int8[row.backend] = quantized_for_bench(
+                graph, row.backend, reference, input_shapes, seed, precision_request, tick)
         row.onnx_model = quantized[id(graph)]
     with torch_settings(threads):
         report.results = bench_rows(rows, inputs, reference, int8_sets, device, threads, warmup, iters, tick)
@@ -278,11 +278,12 @@ def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:
                                 f"({precision} runs on {', '.join(runs_it)})")
 
 
-def quantized_for_bench(compiled_onnx: onnx.ModelProto, reference: Reference, shapes: list[tuple[int, ...]],
-                        seed: int, request: PrecisionRequest | None, tick: Tick
+def quantized_for_bench(compiled_onnx: onnx.ModelProto, target: str, reference: Reference,
+                        shapes: list[tuple[int, ...]], seed: int, request: PrecisionRequest | None, tick: Tick
                         ) -> tuple[onnx.ModelProto, list[InputSet], dict]:
-    """The compiled model in int8, as ``export --precision int8`` makes it, and the held-out batches."""
-    request = replace(request or PrecisionRequest("int8"), precision="int8", backends=("onnxruntime",))
+    """The compiled model in int8, as ``export --precision int8 --verify-backends TARGET`` makes it (its
+    choices measured on ``target``), and the held-out batches."""
+    request = replace(request or PrecisionRequest("int8"), precision="int8", backends=(target,))
     tick("calibrating and quantizing the compiled model to int8")
     result = deploy(request, compiled_onnx, reference, shapes, seed, [], tick)
     assert result.model is not None and result.held_out is not None
