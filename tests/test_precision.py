@@ -62,7 +62,7 @@ def test_int8_export_writes_a_calibrated_qdq_model_with_uint8_activations_and_pe
     report = json.loads((files.out / "report.json").read_text())["precision"]
     assert report["calibration"]["calibration_sets"] == 8 and report["passed"]
     held_out = report["calibration"]["held_out_sets"]
-    assert held_out == ["calib.npy[8:9]", "calib.npy[9:10]"]  # never the calibration samples
+    assert held_out == ["calib.npy[8]", "calib.npy[9]"]  # never the calibration samples
     # the SNR the report gives is what the written file computes, on the held-out sample
     x = np.load(calib)[8:9]
     session = ort.InferenceSession(str(files.out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
@@ -180,6 +180,7 @@ def test_calibration_batches_and_held_out_batches_never_overlap(tmp_path):
     assert len(data.calibration) == 4 and len(data.held_out) == 1 and data.warnings
     seen = [tuple(s.tensors[0][:, 0, 0, 0].tolist()) for s in data.calibration + data.held_out]
     assert len(set(seen)) == 5
+    assert data.held_out[0].source == "samples.npz[8]..samples.npz[9]"  # a batch named by its samples
     with pytest.raises(RFDeployError, match="at least 2"):
         calibration_data(str(path), [(10, 3, 2, 2)], count=8, input_names=["input"])
     with pytest.raises(RFDeployError, match="K,3,4,4"):
@@ -355,3 +356,18 @@ def test_output_ranking_costs_a_tensor_by_the_snr_its_quantization_takes_from_th
             if name in dequantized:
                 node.input[index] = top.tensor
     assert top.cost_db == pytest.approx(snr_of(bypassed) - base, abs=1e-6)
+
+
+def test_a_folder_of_images_calibrates_and_its_later_images_are_held_out(files, capsys):
+    image = pytest.importorskip("PIL.Image")
+    folder = files.root / "images"
+    folder.mkdir()
+    generator = np.random.default_rng(5)
+    for index in range(10):
+        pixels = generator.integers(0, 256, (20 + index, 16, 3), dtype=np.uint8)
+        image.fromarray(pixels).save(folder / f"{index:04d}.png")
+    code, err = run_main(files.args() + ["--precision", "int8", "--calib", str(folder), "--calib-count", "8"], capsys)
+    assert code == 0, err
+    calibration = json.loads((files.out / "report.json").read_text())["precision"]["calibration"]
+    assert calibration["calibration_sets"] == 8 and not calibration["random"]
+    assert calibration["held_out_sets"] == ["images/0008.png", "images/0009.png"]

@@ -78,9 +78,15 @@ def calibration_data(spec: str | None, shapes: list[tuple[int, ...]], count: int
                    "accuracy on real data; calibrate on real samples with --calib PATH")
         return CalibrationData(RANDOM, calibration, seeded_inputs(shapes, seed), [warning])
     path = Path(spec)
-    samples = _image_samples(path, shapes, preprocess or ImagePreprocess()) if path.is_dir() else \
-        _array_samples(path, shapes, input_names or [f"input{i}" for i in range(len(shapes))])
-    return _split(str(path), _batches(samples, shapes, str(path)), count)
+    if path.is_dir():
+        files = _image_files(path, shapes)
+        samples = [np.stack([_image_tensor(file, _size(preprocess, shapes), preprocess or ImagePreprocess())
+                             for file in files])]
+        labels = [f"{path.name}/{file.name}" for file in files]
+    else:
+        samples = _array_samples(path, shapes, input_names or [f"input{i}" for i in range(len(shapes))])
+        labels = [f"{path.name}[{i}]" for i in range(len(samples[0]))]
+    return _split(str(path), _batches(samples, shapes, labels), count)
 
 
 def _split(source: str, batches: list[InputSet], count: int) -> CalibrationData:
@@ -94,14 +100,17 @@ def _split(source: str, batches: list[InputSet], count: int) -> CalibrationData:
     return CalibrationData(source, batches[:used], batches[used:used + held], warnings)
 
 
-def _batches(samples: list[np.ndarray], shapes: list[tuple[int, ...]], source: str) -> list[InputSet]:
-    """Per input, samples along the first axis -> input sets of the export's batch size."""
+def _batches(samples: list[np.ndarray], shapes: list[tuple[int, ...]], labels: list[str]) -> list[InputSet]:
+    """Per input, samples along the first axis -> input sets of the export's batch size, each named by its
+    samples (``calib.npy[8]``, ``images/0008.jpg``; a batch of several by its first and last)."""
     batch = shapes[0][0]
-    count = len(samples[0]) // batch
-    return [InputSet(f"{Path(source).name}[{i * batch}:{(i + 1) * batch}]",
-                     tuple(torch.from_numpy(np.ascontiguousarray(s[i * batch:(i + 1) * batch], dtype=np.float32))
-                           for s in samples))
-            for i in range(count)]
+    sets = []
+    for start in range(0, len(samples[0]) - batch + 1, batch):
+        named = labels[start] if batch == 1 else f"{labels[start]}..{labels[start + batch - 1]}"
+        tensors = tuple(torch.from_numpy(np.ascontiguousarray(s[start:start + batch], dtype=np.float32))
+                        for s in samples)
+        sets.append(InputSet(named, tensors))
+    return sets
 
 
 def _array_samples(path: Path, shapes: list[tuple[int, ...]], input_names: list[str]) -> list[np.ndarray]:
@@ -124,14 +133,18 @@ def _array_samples(path: Path, shapes: list[tuple[int, ...]], input_names: list[
     return chosen
 
 
-def _image_samples(folder: Path, shapes: list[tuple[int, ...]], preprocess: ImagePreprocess) -> list[np.ndarray]:
+def _image_files(folder: Path, shapes: list[tuple[int, ...]]) -> list[Path]:
     if len(shapes) != 1 or len(shapes[0]) != 4 or shapes[0][1] != 3:
         raise RFDeployError(f"{folder}: images calibrate models of one N,3,H,W input; give an .npz for this one")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise RFDeployError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    size = preprocess.size or (shapes[0][2], shapes[0][3])
-    return [np.stack([_image_tensor(path, size, preprocess) for path in files])]
+    return files
+
+
+def _size(preprocess: ImagePreprocess | None, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
+    given = preprocess.size if preprocess is not None else None
+    return given or (shapes[0][2], shapes[0][3])
 
 
 def _image_tensor(path: Path, size: tuple[int, int], preprocess: ImagePreprocess) -> np.ndarray:
