@@ -79,9 +79,9 @@ def calibration_data(spec: str | None, shapes: list[tuple[int, ...]], count: int
         return CalibrationData(RANDOM, calibration, seeded_inputs(shapes, seed), [warning])
     path = Path(spec)
     if path.is_dir():
-        files = _image_files(path, shapes)
-        samples = [np.stack([_image_tensor(file, _size(preprocess, shapes), preprocess or ImagePreprocess())
-                             for file in files])]
+        files, preprocess = _image_files(path, shapes), preprocess or ImagePreprocess()
+        size = preprocess.size or (shapes[0][2], shapes[0][3])
+        samples = [np.stack([_image_tensor(file, size, preprocess) for file in files])]
         labels = [f"{path.name}/{file.name}" for file in files]
     else:
         samples = _array_samples(path, shapes, input_names or [f"input{i}" for i in range(len(shapes))])
@@ -140,11 +140,6 @@ def _image_files(folder: Path, shapes: list[tuple[int, ...]]) -> list[Path]:
     if not files:
         raise RFDeployError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
-
-
-def _size(preprocess: ImagePreprocess | None, shapes: list[tuple[int, ...]]) -> tuple[int, int]:
-    given = preprocess.size if preprocess is not None else None
-    return given or (shapes[0][2], shapes[0][3])
 
 
 def _image_tensor(path: Path, size: tuple[int, int], preprocess: ImagePreprocess) -> np.ndarray:
