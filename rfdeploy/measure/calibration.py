@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rfdeploy.errors import RFDeployError, first_line
-from rfdeploy.measure.io_files import read_arrays
+from rfdeploy.measure.io_files import arrays_per_input, read_arrays
 from rfdeploy.measure.verify import InputSet, random_inputs, seeded_inputs
 from rfdeploy.optional import OptionalModule
 
@@ -114,14 +114,7 @@ def _batches(samples: list[np.ndarray], shapes: list[tuple[int, ...]], labels: l
 
 
 def _array_samples(path: Path, shapes: list[tuple[int, ...]], input_names: list[str]) -> list[np.ndarray]:
-    arrays = read_arrays(path, "calibration")
-    if set(input_names) <= set(arrays):
-        chosen = [arrays[name] for name in input_names]
-    elif len(arrays) == len(input_names):
-        chosen = list(arrays.values())
-    else:
-        raise RFDeployError(f"{path}: holds {len(arrays)} array(s), the model takes {len(input_names)} input(s): "
-                            f"name them {', '.join(input_names)}")
+    chosen = arrays_per_input(path, read_arrays(path, "calibration"), input_names)
     for name, array, shape in zip(input_names, chosen, shapes):
         if array.dtype.kind not in "fiu" or tuple(array.shape[1:]) != tuple(shape[1:]):
             raise RFDeployError(f"{path}: '{name}' is {array.dtype} of shape {list(array.shape)}; calibration "

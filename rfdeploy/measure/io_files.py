@@ -34,17 +34,20 @@ def read_arrays(path: Path, what: str = "inputs") -> dict[str, np.ndarray]:
         raise RFDeployError(f"{path}: not a readable .npz/.npy of {what} arrays ({first_line(error)})") from None
 
 
+def arrays_per_input(path: Path, arrays: dict[str, np.ndarray], input_names: list[str]) -> list[np.ndarray]:
+    """One array per model input: by input name where the file names them all, else in the file's order."""
+    if set(input_names) <= set(arrays):
+        return [arrays[name] for name in input_names]
+    if len(arrays) == len(input_names):
+        return list(arrays.values())
+    raise RFDeployError(f"{path}: holds {len(arrays)} array(s) ({', '.join(list(arrays)[:4])}), the model takes "
+                        f"{len(input_names)} input(s): name them {', '.join(input_names)}")
+
+
 def load_inputs(path: str | Path, input_names: list[str]) -> InputSet:
     """The model's inputs from ``path``, by name or in order, as float32 tensors."""
     path = Path(path)
-    arrays = read_arrays(path)
-    if set(input_names) <= set(arrays):
-        chosen = [arrays[name] for name in input_names]
-    elif len(arrays) == len(input_names):
-        chosen = list(arrays.values())
-    else:
-        raise RFDeployError(f"{path}: holds {len(arrays)} array(s) ({', '.join(list(arrays)[:4])}), the model takes "
-                            f"{len(input_names)} input(s): name them {', '.join(input_names)}")
+    chosen = arrays_per_input(path, read_arrays(path), input_names)
     tensors = []
     for name, array in zip(input_names, chosen):
         if array.dtype.kind not in "fiu" or array.ndim < 2:
