@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from rfdeploy.models import register
 from rfdeploy.models.blocks import Bottleneck, make_blocks
-from rfdeploy.models.resnet import ResNet, calibrate_batchnorm
+from rfdeploy.models.resnet import ResNet, randomize_weights
 
 
 class ConvModule(nn.Module):
@@ -99,32 +99,23 @@ class RedNet(ResNet):
         return make_blocks(RedBottleneck, inplanes, planes, num_blocks, stride)
 
 
-@torch.no_grad()
-def randomize_rednet(model: nn.Module, calibration_shape: tuple[int, ...] = (2, 3, 128, 128)) -> nn.Module:
-    """Random weights that keep activations sane, BatchNorm statistics measured as Res2Net's are.
+def randomize_rednet(model: nn.Module) -> nn.Module:
+    """Random weights that keep activations sane: ``randomize_weights``, with every involution's span conv
+    scaled down.
 
     An involution multiplies its input by kernels computed from it: with kaiming-scaled span convs its output
     grows with the square of its input, block after block. Each span conv is drawn so that a position's
     kernel taps have a standard deviation near ``1/k`` (the sum over ``k*k`` taps then keeps the input's
-    scale); the closing norm of each residual branch is small, as in ``randomize_weights``.
+    scale).
     """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                module.bias.normal_(0.0, 0.02)
-        elif isinstance(module, nn.BatchNorm2d):
-            module.weight.uniform_(0.5, 1.5)
-            module.bias.normal_(0.0, 0.1)
-    for module in model.modules():
-        if isinstance(module, Involution):
-            span = module.conv2.conv
-            span.weight.normal_(0.0, 1.0 / (module.kernel_size * span.in_channels**0.5))
-        if isinstance(module, Bottleneck):
-            module.last_norm.weight.uniform_(0.1, 0.3)
-    if not next(model.parameters()).is_meta:
-        calibrate_batchnorm(model, torch.randn(calibration_shape, dtype=torch.float64))
-    return model
+    return randomize_weights(model, bias_std=0.02, rescale=_scale_span)
+
+
+@torch.no_grad()
+def _scale_span(module: nn.Module) -> None:
+    if isinstance(module, Involution):
+        span = module.conv2.conv
+        span.weight.normal_(0.0, 1.0 / (module.kernel_size * span.in_channels**0.5))
 
 
 @register(input_shape=(1, 3, 224, 224), description="RedNet-26 (involution), d-li14/involution mmcls names")

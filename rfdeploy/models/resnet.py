@@ -6,6 +6,7 @@ four stages (strides 4, 8, 16, 32), as a detector's neck consumes them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -76,10 +77,13 @@ def randomize_weights(
     model: nn.Module,
     calibration_shape: tuple[int, ...] = (2, 3, 128, 128),
     residual_gain: tuple[float, float] = (0.1, 0.3),
+    bias_std: float = 0.05,
+    rescale: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     """Random weights, drawn from torch's global generator, as a stand-in for a trained checkpoint.
 
-    Convs get kaiming-normal weights, BatchNorms random affine parameters. Each BatchNorm's running
+    Convs get kaiming-normal weights (biases normal with ``bias_std``), BatchNorms random affine parameters.
+    ``rescale`` then sees every module, for a layer kaiming's scale does not suit. Each BatchNorm's running
     statistics are then measured on a random batch, as training would leave them: with statistics that do
     not match the activations, eval-mode scales compound multiplicatively over a hundred layers. The
     measurement runs in float64 so that the result does not depend on the thread count. The norm closing
@@ -89,11 +93,13 @@ def randomize_weights(
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
-                module.bias.normal_(0.0, 0.05)
+                module.bias.normal_(0.0, bias_std)
         elif isinstance(module, nn.BatchNorm2d):
             module.weight.uniform_(0.5, 1.5)
             module.bias.normal_(0.0, 0.1)
     for module in model.modules():
+        if rescale is not None:
+            rescale(module)
         last_norm = getattr(module, "last_norm", None)
         if isinstance(last_norm, nn.BatchNorm2d):
             last_norm.weight.uniform_(*residual_gain)
