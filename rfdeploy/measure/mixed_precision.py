@@ -155,12 +155,12 @@ def _nodes_touching(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]
 
 def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Callable[[onnx.ModelProto], float],
               target_db: float, held_out: list[InputSet], tick: Callable[[str], None] | None = None,
-              ops: str = "all", ranking: str = "output") -> MixedPrecision:
+              ops: str = "all", ranking: str = "output", int8: onnx.ModelProto | None = None) -> MixedPrecision:
     """The int8 model with the fewest worst tensors kept in fp32 whose SNR (``snr_of``) reaches
     ``target_db``; with every ranked tensor kept and the target still missed, the best model found, ``met``
-    false."""
+    false. ``int8``: the whole model quantized with ``ops`` already, where the caller has it."""
     step = tick or (lambda text: None)
-    int8 = quantizer.quantize(ops=ops)
+    int8 = int8 if int8 is not None else quantizer.quantize(ops=ops)
     tried: list[dict] = []
     results: dict[int, tuple[onnx.ModelProto, float]] = {0: (int8, snr_of(int8))}
     tried.append({"kept_tensors": 0, "snr_db": round(results[0][1], 2)})

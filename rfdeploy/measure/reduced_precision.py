@@ -133,24 +133,24 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
 
     step(f"calibrating on {len(data.calibration)} batch(es) ({request.calib_method}) and quantizing")
     with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method) as quantizer:
-        ops = {"kept": request.int8_ops, "why": "--int8-ops"}
         if request.int8_ops == MEASURE:
             step(f"timing the int8 model with each set of quantized ops on {first}")
-            ops = measured_op_set(quantizer, first, reference, data.held_out)
-        if request.min_snr_db is None:
-            model, mixed = quantizer.quantize(ops=ops["kept"]), None
+            model, ops = measured_op_set(quantizer, first, reference, data.held_out)
         else:
+            model, ops = quantizer.quantize(ops=request.int8_ops), {"kept": request.int8_ops, "why": "--int8-ops"}
+        mixed = None
+        if request.min_snr_db is not None:
             found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step, ops["kept"],
-                              request.ranking)
+                              request.ranking, model)
             model, mixed = found.model, found.to_json()
     checks = [_check(name, model, "int8", reference, data.held_out, seed, target) for name in request.verify_backends]
     return PrecisionResult("int8", target, checks, data, model, mixed, ops, list(data.warnings))
 
 
 def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Reference, held_out: list[InputSet],
-                    warmup: int = 3, iters: int = 10) -> dict:
+                    warmup: int = 3, iters: int = 10) -> tuple[onnx.ModelProto, dict]:
     """Each of ``OP_SETS`` quantized and timed interleaved on ``backend_name``; the fastest, unless it costs
-    more than ``SNR_MARGIN_DB`` of SNR."""
+    more than ``SNR_MARGIN_DB`` of SNR, and the record of the choice."""
     models = {name: quantizer.quantize(ops=name) for name in OP_SETS}
     example = list(held_out[0].tensors)
     with contextlib.ExitStack() as open_runners:
@@ -163,7 +163,7 @@ def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Refe
         samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters)
     medians = {name: summarize(values).p50_ms for name, values in samples.items()}
     kept, why = fastest_within_margin(list(models), medians, snr)
-    return {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
+    return models[kept], {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
 
 
 def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,
