@@ -9,14 +9,11 @@ the export targets, and the faster is kept; the report's ``layout`` says which, 
 
 from __future__ import annotations
 
-import contextlib
-
 import onnx
 import torch
 
-from rfdeploy.backends import make_runner
 from rfdeploy.compiler.pipeline import SINK_TRANSPOSES, graph_pass_report
-from rfdeploy.measure.timing import Tick, summarize, time_interleaved
+from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
 
 AS_EXPORTED = "as exported"
 CHANNELS_FIRST = "channels-first"
@@ -33,14 +30,9 @@ def choose_layout(model: onnx.ModelProto, backend: str, example: list[torch.Tens
     if tick:
         tick(f"timing the graph as exported and channels-first on {backend}")
     candidates = {AS_EXPORTED: model, CHANNELS_FIRST: channels_first}
-    with contextlib.ExitStack() as open_runners:
-        runners = {name: open_runners.enter_context(
-            make_runner(backend, None, example, device, threads, candidate, precision))
-            for name, candidate in candidates.items()}
-        for runner in runners.values():
-            runner.load(example)
-        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters, device)
-    medians = {name: summarize(values).p50_ms for name, values in samples.items()}
+    timed = {name: Candidate(None, graph) for name, graph in candidates.items()}
+    with opened_runners(timed, backend, example, device, threads, precision) as runners:
+        medians = median_ms(runners, example, warmup, iters, device)
     kept = min(medians, key=medians.__getitem__)
     stretches = graph_pass_report({SINK_TRANSPOSES.name: (changed, note)})[SINK_TRANSPOSES.name]
     return candidates[kept], {"kept": kept, "why": "faster", "backend": backend, "precision": precision,

@@ -13,7 +13,6 @@ Each backend that runs it is checked on held-out inputs by SNR against the searc
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import onnx
@@ -23,7 +22,7 @@ from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
 from rfdeploy.measure.mixed_precision import RANKINGS, reach_snr
-from rfdeploy.measure.timing import Tick, summarize, time_interleaved
+from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
 from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
 
@@ -153,15 +152,10 @@ def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Refe
     more than ``SNR_MARGIN_DB`` of SNR, and the record of the choice."""
     models = {name: quantizer.quantize(ops=name) for name in OP_SETS}
     example = list(held_out[0].tensors)
-    with contextlib.ExitStack() as open_runners:
-        runners = {name: open_runners.enter_context(
-            make_runner(backend_name, None, example, threads=0, onnx_model=model, precision="int8"))
-            for name, model in models.items()}
+    timed = {name: Candidate(None, model) for name, model in models.items()}
+    with opened_runners(timed, backend_name, example, precision="int8") as runners:
         snr = {name: finite_db(compare_on(runner, reference, held_out).snr_db) for name, runner in runners.items()}
-        for runner in runners.values():
-            runner.load(example)
-        samples = time_interleaved({name: runner.run for name, runner in runners.items()}, warmup, iters)
-    medians = {name: summarize(values).p50_ms for name, values in samples.items()}
+        medians = median_ms(runners, example, warmup, iters)
     kept, why = fastest_within_margin(list(models), medians, snr)
     return models[kept], {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
 

@@ -14,9 +14,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from torch import nn
+
+from rfdeploy.backends import Runner, make_runner
 
 Tick = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something to time: the torch module, and the ONNX model an ONNX backend runs (None: exported)."""
+
+    module: nn.Module | None
+    onnx_model: onnx.ModelProto | None = None
+
+
+@contextlib.contextmanager
+def opened_runners(candidates: dict[str, Candidate], backend: str, example: list[torch.Tensor], device: str = "cpu",
+                   threads: int = 0, precision: str = "fp32") -> Iterator[dict[str, Runner]]:
+    """A fresh runner (session) of each candidate on ``backend``, all closed on leaving."""
+    with contextlib.ExitStack() as stack:
+        yield {label: stack.enter_context(
+                   make_runner(backend, c.module, example, device, threads, c.onnx_model, precision))
+               for label, c in candidates.items()}
+
+
+def median_ms(runners: dict[str, Runner], example: list[torch.Tensor], warmup: int, iters: int,
+              device: str = "cpu") -> dict[str, float]:
+    """Each runner's median milliseconds on ``example``, timed interleaved after ``warmup`` rounds."""
+    for runner in runners.values():
+        runner.load(example)
+    samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
+    return {label: summarize(values).p50_ms for label, values in samples.items()}
 
 
 @dataclass

@@ -21,11 +21,9 @@ unless it is more than ``SNR_MARGIN_DB`` worse than the most accurate (``rfdeplo
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-import onnx
 import torch
 from torch import nn
 
@@ -39,7 +37,14 @@ from rfdeploy.compiler.quantize import quantize_int8
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
-from rfdeploy.measure.timing import Tick, device_name, summarize, time_interleaved, torch_settings
+from rfdeploy.measure.timing import (
+    Candidate,
+    Tick,
+    device_name,
+    median_ms,
+    opened_runners,
+    torch_settings,
+)
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
 from rfdeploy.precision import fastest_within_margin
 
@@ -153,14 +158,6 @@ def candidates(name: str, layer: nn.Module) -> dict[str, nn.Module]:
     return distinct
 
 
-@dataclass
-class Candidate:
-    """A one-layer model to time: the module, and at int8 its quantized ONNX model."""
-
-    module: nn.Module
-    onnx_model: onnx.ModelProto | None = None
-
-
 def prepared(modules: dict[str, nn.Module], example: list[torch.Tensor], precision: str,
              calibration: list[torch.Tensor]) -> dict[str, Candidate]:
     """At int8, each module exported and quantized on the layer's own inputs; else the modules as they are."""
@@ -174,14 +171,8 @@ def prepared(modules: dict[str, nn.Module], example: list[torch.Tensor], precisi
 def session_medians(candidates: dict[str, Candidate], example: list[torch.Tensor], backend: str, device: str,
                     threads: int, warmup: int, iters: int, precision: str = "fp32") -> dict[str, float]:
     """Median milliseconds of each candidate, timed interleaved in fresh runners (sessions)."""
-    with contextlib.ExitStack() as open_runners:
-        runners = {label: open_runners.enter_context(
-                       make_runner(backend, c.module, example, device, threads, c.onnx_model, precision))
-                   for label, c in candidates.items()}
-        for runner in runners.values():
-            runner.load(example)
-        samples = time_interleaved({label: runner.run for label, runner in runners.items()}, warmup, iters, device)
-    return {label: summarize(values).p50_ms for label, values in samples.items()}
+    with opened_runners(candidates, backend, example, device, threads, precision) as runners:
+        return median_ms(runners, example, warmup, iters, device)
 
 
 def candidate_snr(candidates: dict[str, Candidate], reference: nn.Module, held_out: torch.Tensor, backend: str,
