@@ -93,3 +93,12 @@ def test_choose_layout_keeps_what_ran_faster_and_returns_it():
     plain = exported(nn.Conv2d(8, 8, 3))
     same, record = choose_layout(plain, "onnxruntime", [torch.randn(2, 8, 5, 7)])
     assert same is plain and record["kept"] == AS_EXPORTED and "median_ms" not in record
+
+
+def test_a_weight_a_caller_may_feed_is_no_constant_and_its_stretch_stays():
+    model = exported(ChannelsLastMLP())
+    matmul = next(node for node in model.graph.node if node.op_type == "MatMul")
+    weight = next(init for init in model.graph.initializer if init.name == matmul.input[1])
+    model.graph.input.append(onnx.helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
+    rewritten, sunk, note = sink_transposes(model)
+    assert rewritten is model and not sunk and note

@@ -75,6 +75,16 @@ class ConstantValues:
         return np.asarray(folded.values) if isinstance(folded, gs.Constant) else None
 
 
+def constant_of(tensor: gs.Tensor, graph_inputs: set[str]) -> gs.Constant | None:
+    """The constant ``tensor`` holds: an initializer that is not also a graph input (a caller could feed
+    another value), or a ``Constant`` node's value; None for anything computed."""
+    if isinstance(tensor, gs.Constant):
+        return None if tensor.name in graph_inputs else tensor
+    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    value = producer.attrs.get("value") if producer is not None and producer.op == "Constant" else None
+    return value if isinstance(value, gs.Constant) else None
+
+
 def _only_consumer(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
     """The node that alone reads ``tensor`` (and the graph does not output it), else None."""
     if tensor.name in graph_outputs or len(tensor.outputs) != 1:

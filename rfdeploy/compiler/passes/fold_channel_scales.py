@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from rfdeploy.loader.onnx_graph import import_graph
+from rfdeploy.loader.onnx_graph import constant_of, import_graph
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 LAYOUT_OPS = ("Transpose", "Reshape", "Identity")
@@ -87,12 +87,7 @@ class _Graph:
                 and tensor.name not in self.read_in_subgraphs)
 
     def constant(self, tensor: gs.Tensor) -> gs.Constant | None:
-        """The constant ``tensor`` holds: an initializer (not a graph input) or a ``Constant`` node's value."""
-        if isinstance(tensor, gs.Constant):
-            return None if tensor.name in self.inputs else tensor
-        producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-        value = producer.attrs.get("value") if producer is not None and producer.op == "Constant" else None
-        return value if isinstance(value, gs.Constant) else None
+        return constant_of(tensor, self.inputs)
 
     def float32(self, tensor: gs.Tensor) -> np.ndarray | None:
         constant = self.constant(tensor)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from rfdeploy.loader.onnx_graph import import_graph
+from rfdeploy.loader.onnx_graph import constant_of, import_graph
 
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 TO_CHANNELS_FIRST = [0, 3, 1, 2]
@@ -50,8 +50,9 @@ class _Stretch:
     """The nodes between an entry transpose and its exits: every reader reachable from the entry's output,
     stopping at transposes back to channels-first."""
 
-    def __init__(self, entry: gs.Node, outputs: set[str]):
+    def __init__(self, entry: gs.Node, outputs: set[str], inputs: set[str]):
         self.entry = entry
+        self.graph_inputs = inputs
         self.nodes: list[gs.Node] = []
         self.exits: list[gs.Node] = []
         self.tensors: set[str] = set()  # channels-last tensors: the entry's output and every node's outputs
@@ -75,41 +76,39 @@ class _Stretch:
                 else:
                     self.nodes.append(reader)
                     pending.extend(reader.outputs)
-        return bool(self.exits) and all(_convertible(node, self.tensors) for node in self.nodes)
+        return bool(self.exits) and all(_convertible(node, self.tensors, self.graph_inputs)
+                                    for node in self.nodes)
 
 
-def _constant(tensor: gs.Tensor) -> np.ndarray | None:
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if producer is not None and producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
-        return np.asarray(producer.attrs["value"].values)
-    return None
+def _constant(tensor: gs.Tensor, graph_inputs: set[str]) -> np.ndarray | None:
+    value = constant_of(tensor, graph_inputs)
+    return None if value is None else np.asarray(value.values)
 
 
-def _convertible(node: gs.Node, inside: set[str]) -> bool:
+def _convertible(node: gs.Node, inside: set[str], graph_inputs: set[str]) -> bool:
     """``node`` has a channels-first form, and reads nothing from outside the stretch but constants."""
     data, *rest = node.inputs
     if data.name not in inside:
-        return node.op in BINARY and _binary_operand(data, inside) and _binary_operand(rest[0], inside)
+        return (node.op in BINARY and _binary_operand(data, inside, graph_inputs)
+                and _binary_operand(rest[0], inside, graph_inputs))
     if node.op in ELEMENTWISE:
         return not rest
     if node.op == "MatMul":
-        weight = _constant(rest[0])
+        weight = _constant(rest[0], graph_inputs)
         return weight is not None and weight.ndim == 2
     if node.op == "LayerNormalization":
-        scale = _constant(rest[0])
-        bias = _constant(rest[1]) if len(rest) > 1 else np.zeros(1)
+        scale = _constant(rest[0], graph_inputs)
+        bias = _constant(rest[1], graph_inputs) if len(rest) > 1 else np.zeros(1)
         return (node.attrs.get("axis", -1) in (-1, 3) and len(node.outputs) == 1 and scale is not None
                 and bias is not None and scale.ndim == 1)
-    return node.op in BINARY and _binary_operand(rest[0], inside)
+    return node.op in BINARY and _binary_operand(rest[0], inside, graph_inputs)
 
 
-def _binary_operand(tensor: gs.Tensor, inside: set[str]) -> bool:
+def _binary_operand(tensor: gs.Tensor, inside: set[str], graph_inputs: set[str]) -> bool:
     """Inside the stretch, a scalar constant, or a constant vector over the channels (the last axis)."""
     if tensor.name in inside:
         return True
-    value = _constant(tensor)
+    value = _constant(tensor, graph_inputs)
     return value is not None and (value.size == 1 or value.ndim == 1)
 
 
@@ -121,6 +120,7 @@ def _channel_vector(values: np.ndarray) -> np.ndarray:
 class _Rewriter:
     def __init__(self, graph: gs.Graph, opset: int):
         self.graph, self.opset = graph, opset
+        self.graph_inputs = {tensor.name for tensor in graph.inputs}
         self.taken = set(graph.tensors())
 
     def name(self, stem: str) -> str:
@@ -147,14 +147,14 @@ class _Rewriter:
 
     def convert(self, node: gs.Node) -> None:
         if node.op == "MatMul":
-            weight = _constant(node.inputs[1])
+            weight = _constant(node.inputs[1], self.graph_inputs)
             assert weight is not None
             node.op = "Conv"
             node.inputs[1] = self.constant(f"{node.name}_weight", weight.T.reshape(*weight.T.shape, 1, 1))
             node.attrs = {"kernel_shape": [1, 1]}
         elif node.op in BINARY:
             for index, tensor in enumerate(node.inputs):
-                value = _constant(tensor)
+                value = _constant(tensor, self.graph_inputs)
                 if value is not None and value.ndim == 1 and value.size > 1:
                     node.inputs[index] = self.constant(f"{tensor.name}_channels_first", _channel_vector(value))
         elif node.op == "LayerNormalization":
@@ -164,8 +164,8 @@ class _Rewriter:
 
     def decompose_layer_norm(self, node: gs.Node) -> None:
         x, stem = node.inputs[0], node.name
-        scale = _constant(node.inputs[1])
-        bias = _constant(node.inputs[2]) if len(node.inputs) > 2 else None
+        scale = _constant(node.inputs[1], self.graph_inputs)
+        bias = _constant(node.inputs[2], self.graph_inputs) if len(node.inputs) > 2 else None
         assert scale is not None
         epsilon = np.array(node.attrs.get("epsilon", 1e-5), np.float32)
         mean = self.mean_over_channels(x, f"{stem}/mean")
@@ -220,7 +220,7 @@ def sink_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SunkT
     for entry in [n for n in graph.nodes if n.op == "Transpose" and n.attrs.get("perm") == TO_CHANNELS_LAST]:
         if not entry.outputs:
             continue
-        stretch = _Stretch(entry, outputs)
+        stretch = _Stretch(entry, outputs, rewriter.graph_inputs)
         if not stretch.collect():
             continue
         for node in stretch.nodes:
