@@ -283,6 +283,13 @@ def test_a_bias_computed_in_the_graph_is_left_alone(op):
     assert_left_alone(model_of(nodes, {"x": shapes[0], "c": [4]}, {"w": values(*shapes[1]), "s": positive(*shapes[2])}))
 
 
+def test_a_scale_with_an_initializer_a_caller_may_override_is_left_alone():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "s"], ["out"])]
+    model = model_of(nodes, {"x": [1, 3, 4, 4], "s": [1, 4, 1, 1]}, {"w": values(4, 3, 1, 1), "s": positive(1, 4, 1, 1)})
+    assert {"s"} <= {i.name for i in model.graph.input} & {i.name for i in model.graph.initializer}
+    assert_left_alone(model)
+
+
 def test_a_weight_that_is_a_graph_input_is_left_alone():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Mul", ["y", "s"], ["out"])]
     assert_left_alone(model_of(nodes, {"x": [2, 8], "w": [8, 6]}, {"s": positive(6)}))

@@ -77,7 +77,7 @@ class _Graph:
         self.model = model
         self.graph = import_graph(model)
         self.outputs = {tensor.name for tensor in self.graph.outputs}
-        self.inputs = {tensor.name for tensor in self.graph.inputs}
+        self.inputs = {value.name for value in model.graph.input}  # graphsurgeon drops initializers from its inputs
         self.read_in_subgraphs = _names_read_in_subgraphs(self.graph)
         self.names = set(self.graph.tensors())
         self._inferred: dict[str, list[int]] | None = None

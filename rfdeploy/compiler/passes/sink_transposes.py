@@ -118,9 +118,8 @@ def _channel_vector(values: np.ndarray) -> np.ndarray:
 
 
 class _Rewriter:
-    def __init__(self, graph: gs.Graph, opset: int):
-        self.graph, self.opset = graph, opset
-        self.graph_inputs = {tensor.name for tensor in graph.inputs}
+    def __init__(self, graph: gs.Graph, opset: int, graph_inputs: set[str]):
+        self.graph, self.opset, self.graph_inputs = graph, opset, graph_inputs
         self.taken = set(graph.tensors())
 
     def name(self, stem: str) -> str:
@@ -215,7 +214,8 @@ def sink_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SunkT
         return model, [], "opset below 17: no LayerNormalization to recognise"
     graph = import_graph(model)
     outputs = {tensor.name for tensor in graph.outputs}
-    rewriter = _Rewriter(graph, opset)
+    # from the model: graphsurgeon drops an initializer that is also a graph input from its inputs
+    rewriter = _Rewriter(graph, opset, {value.name for value in model.graph.input})
     sunk = []
     for entry in [n for n in graph.nodes if n.op == "Transpose" and n.attrs.get("perm") == TO_CHANNELS_LAST]:
         if not entry.outputs:
