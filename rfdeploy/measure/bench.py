@@ -24,8 +24,9 @@ from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_ru
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_passes, searched_layers
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.calibration import CalibrationData
 from rfdeploy.measure.layout import choose_layout
-from rfdeploy.measure.reduced_precision import PrecisionRequest, deploy
+from rfdeploy.measure.reduced_precision import PrecisionRequest, calibration_for, deploy
 from rfdeploy.measure.timing import (
     Tick,
     device_name,
@@ -237,7 +238,12 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
     with torch_settings(threads):
         compiled_onnx = per_backend_layouts(rows, chosen[1].onnx_for(inputs), inputs, device, threads, tick)
     report.layouts = {key: record for key, (_, record) in compiled_onnx.items()}
-    int8_sets = None
+    request = replace(precision_request or PrecisionRequest("int8"), precision="int8")
+    calibration = None  # read once (images decoded once) for every graph quantized
+    if any(row.precision == "int8" for row in rows):
+        input_names = [value.name for value in chosen[1].onnx_for(inputs).graph.input]
+        calibration = calibration_for(request, input_shapes, seed, input_names)
+    int8_sets = calibration.held_out if calibration else None
     quantized: dict[int, onnx.ModelProto] = {}  # per compiled graph (by id): its int8 model
     for row in rows:
         if row.variant.name != "compiled" or not backend(row.backend).runs_onnx:
@@ -247,8 +253,8 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
             row.onnx_model = graph
             continue
         if id(graph) not in quantized:
-            quantized[id(graph)], int8_sets, report.int8[row.backend] = quantized_for_bench(
-                graph, row.backend, reference, input_shapes, seed, precision_request, tick)
+            quantized[id(graph)], report.int8[row.backend] = quantized_for_bench(
+                graph, row.backend, reference, input_shapes, seed, request, calibration, tick)
         row.onnx_model = quantized[id(graph)]
     with torch_settings(threads):
         report.results = bench_rows(rows, inputs, reference, int8_sets, device, threads, warmup, iters, tick)
@@ -279,15 +285,14 @@ def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:
 
 
 def quantized_for_bench(compiled_onnx: onnx.ModelProto, target: str, reference: Reference,
-                        shapes: list[tuple[int, ...]], seed: int, request: PrecisionRequest | None, tick: Tick
-                        ) -> tuple[onnx.ModelProto, list[InputSet], dict]:
+                        shapes: list[tuple[int, ...]], seed: int, request: PrecisionRequest,
+                        calibration: CalibrationData | None, tick: Tick) -> tuple[onnx.ModelProto, dict]:
     """The compiled model in int8, as ``export --precision int8 --verify-backends TARGET`` makes it (its
-    choices measured on ``target``), and the held-out batches."""
-    request = replace(request or PrecisionRequest("int8"), precision="int8", backends=(target,))
+    choices measured on ``target``), and the report of it."""
     tick("calibrating and quantizing the compiled model to int8")
-    result = deploy(request, compiled_onnx, reference, shapes, seed, [], tick)
-    assert result.model is not None and result.held_out is not None
-    return result.model, result.held_out, result.to_json() | {"warnings": result.warnings}
+    result = deploy(replace(request, backends=(target,)), compiled_onnx, reference, shapes, seed, [], tick, calibration)
+    assert result.model is not None
+    return result.model, result.to_json() | {"warnings": result.warnings}
 
 
 def free_cores() -> tuple[int, int, float]:
