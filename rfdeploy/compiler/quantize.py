@@ -2,9 +2,11 @@
 
 It runs on the compiled graph, where the alphas are folded into the weights and the BatchNorms into the
 convs: the naive export of a searched model keeps BatchNorm islands that stay in fp32 between
-quantized convs (about 8% slower), and alpha multiplies that quantize for nothing.
+quantized convs, and alpha multiplies that quantize for nothing (Res2Net-50 on onnxruntime: 1.11x the
+compiled int8 model's time; OpenVINO 2026.4 cannot compile it; docs/benchmarks.md).
 
-Formats, chosen by measurement on x86 (Res2Net-50, 224x224, onnxruntime 1.32, 2 threads): uint8
+Formats, chosen by measurement on x86 (Res2Net-50, 224x224, onnxruntime 1.32, 2 threads; the script is in
+docs/benchmarks.md): uint8
 activations with per-channel int8 weights run at 0.33x of fp32; int8 activations (onnxruntime's
 default) at 0.93x, as its int8 x int8 convolutions do not reach the VNNI kernels that uint8 x int8 ones
 use. The QDQ file runs as it is on onnxruntime and OpenVINO, and is what TensorRT's explicit
@@ -29,8 +31,8 @@ METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Which ops get QDQ: every op onnxruntime's quantizer supports (so that int8 flows from op to op through
 # adds, pools and activations), or the convs and matmuls alone (the rest stays fp32, with a QDQ pair on
-# each side of every quantized op). Neither is always faster: on this machine (Res2Net-50 / ConvNeXt-T,
-# onnxruntime) "all" ran at 0.46x / 0.81x of fp32 and "conv-matmul" at 0.57x / 0.68x, so each export
+# each side of every quantized op). Neither is always faster: on onnxruntime (docs/benchmarks.md) "all"
+# took 22.9 ms against 29.8 ms on Res2Net-50 and 44.2 ms against 36.7 ms on ConvNeXt-T, so each export
 # times both (``--int8-ops measure``).
 OP_SETS: dict[str, tuple[str, ...] | None] = {"all": None, "conv-matmul": QUANTIZED_OPS}
 

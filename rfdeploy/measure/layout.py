@@ -1,8 +1,8 @@
 """The layout chosen by measurement: ``sink_transposes`` kept where it makes the graph faster on the target.
 
 Running a channels-last stretch channels-first removes its transposes, and what that is worth depends
-on the backend: on ConvNeXt-T (224x224, 2 threads, interleaved) OpenVINO ran the channels-first graph
-in 0.77x (bf16) and 0.80x (fp32) of the time, onnxruntime in 1.04x (fp32) and 1.07x (int8), its
+on the backend: on ConvNeXt-T (224x224, 2 threads, one ``bench`` run, docs/benchmarks.md) OpenVINO ran
+the channels-first graph in 0.78x (bf16) and 0.89x (fp32) of the time, onnxruntime in 1.06x, its
 matmuls on channels-last tensors being faster than 1x1 convs. So both graphs are timed on the backend
 the export targets, and the faster is kept; the report's ``layout`` says which, with the timings.
 """
