@@ -37,6 +37,7 @@ from rfdeploy.measure.bench import (
     planned_ticks,
     randomize_alphas,
 )
+from rfdeploy.measure.calibration import require_calibration
 from rfdeploy.precision import parse_precisions
 
 
@@ -90,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
     check_backends(args.backends, args.device)
     check_bench_precisions(args.backends, args.precisions)
     request = precision_request(args, "int8")
-    if "int8" in args.precisions and request.calib is None:
-        raise RFDeployError("--precisions int8 needs calibration data: give --calib PATH (.npy, .npz or a folder of "
-                            "images), or --calib random (its accuracy then says nothing)")
+    if "int8" in args.precisions:
+        require_calibration(request.calib)
     loaded = api.load(args.model, args.ckpt, args.structure)
     shapes = api.input_shapes_for(loaded, args.input_shapes)
     warn(loaded.info.warnings)  # once the input is known good: a bad one gets its one error line alone

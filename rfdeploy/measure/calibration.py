@@ -64,13 +64,19 @@ class CalibrationData:
                 "held_out_sets": [s.source for s in self.held_out], "random": self.is_random}
 
 
+def require_calibration(spec: str | None) -> str:
+    """``spec``; int8 without calibration data is refused, naming ``--calib``."""
+    if spec is None:
+        raise RFDeployError("int8 needs calibration data: give --calib PATH (.npy, .npz or a folder of images), "
+                            "or --calib random to deploy without (its accuracy then says nothing)")
+    return spec
+
+
 def calibration_data(spec: str | None, shapes: list[tuple[int, ...]], count: int, seed: int = 0,
                      preprocess: ImagePreprocess | None = None, input_names: list[str] | None = None
                      ) -> CalibrationData:
     """``count`` calibration batches and the held-out ones, from ``spec`` (a path or ``random``)."""
-    if spec is None:
-        raise RFDeployError("int8 needs calibration data: give --calib PATH (.npy, .npz or a folder of images), "
-                            "or --calib random to deploy without (its accuracy then says nothing)")
+    spec = require_calibration(spec)
     if spec == RANDOM:
         calibration = [InputSet(f"calibration seed {seed + 1000 + i}", tuple(random_inputs(shapes, seed + 1000 + i)))
                        for i in range(count)]

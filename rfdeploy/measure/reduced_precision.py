@@ -20,7 +20,12 @@ import onnx
 from rfdeploy.backends import backend, make_runner
 from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.calibration import CalibrationData, ImagePreprocess, calibration_data
+from rfdeploy.measure.calibration import (
+    CalibrationData,
+    ImagePreprocess,
+    calibration_data,
+    require_calibration,
+)
 from rfdeploy.measure.mixed_precision import RANKINGS, reach_snr
 from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
@@ -97,6 +102,8 @@ def check_request(request: PrecisionRequest, engine: bool) -> None:
         raise RFDeployError(f"--rank-by {request.ranking}: one of {', '.join(RANKINGS)}")
     if request.precision == "fp32" and request.min_snr_db is not None:
         raise RFDeployError("--min-snr judges a lower --precision; fp32 is held to --atol and --rtol")
+    if request.precision == "int8":
+        require_calibration(request.calib)
     if request.precision != "int8" and request.calib is not None:
         raise RFDeployError(f"--calib calibrates int8; --precision is {request.precision}")
     for name in request.verify_backends:
