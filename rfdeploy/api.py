@@ -38,8 +38,11 @@ from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
 from rfdeploy.measure.io_files import load_inputs
 from rfdeploy.measure.io_files import save_io as write_io
-from rfdeploy.measure.layout import choose_layout, layout_target
-from rfdeploy.measure.reduced_precision import (
+from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
+from rfdeploy.measure.verify_engine import verify_engine
+from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
+from rfdeploy.measure.verify_onnx import verify_graphs
+from rfdeploy.quantize.deploy import (
     INT8_FILE,
     PrecisionRequest,
     PrecisionResult,
@@ -47,10 +50,8 @@ from rfdeploy.measure.reduced_precision import (
     check_request,
     deploy,
 )
-from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
-from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
-from rfdeploy.measure.verify_onnx import verify_graphs
 from rfdeploy.serve import triton as triton_repository
+from rfdeploy.tuning.layout import choose_layout, layout_target
 
 FAILED_REPORT = "failed-report.json"
 
@@ -187,7 +188,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         raise RFDeployError(f"opset {opset} is not supported (from {OPSETS.start} to {OPSETS.stop - 1})")
     lowered = precision if precision is not None and precision.precision != "fp32" else None
     if tune:  # an unknown backend, or one that lacks the precision, fails before the work
-        from rfdeploy.measure.tune import parse_target
+        from rfdeploy.tuning.tune import parse_target
 
         parse_target(tune, lowered.precision if lowered is not None else "fp32")
     if precision is not None:
@@ -214,7 +215,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         calibration = calibration_for(lowered, shapes, seed, io_names(len(shapes), "input"))
     tuning = None
     if tune:
-        from rfdeploy.measure.tune import tune_lowerings
+        from rfdeploy.tuning.tune import tune_lowerings
 
         tune_precision = lowered.precision if lowered is not None else "fp32"
         step(f"timing each layer's lowerings on {tune} in {tune_precision}")
@@ -281,7 +282,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         request = trt_backend.with_export_shapes(engine, source, shapes, other)
         exported.engine = trt_backend.build(source.SerializeToString(), request, source_file)
         held_out = exported.precision.held_out if exported.precision is not None else None
-        check = trt_backend.verify_engine(exported.engine, reference, atol, rtol, seed,
+        check = verify_engine(exported.engine, reference, atol, rtol, seed,
                                           lowered.min_snr_db if lowered else None, held_out)
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed
@@ -413,7 +414,7 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
     shapes = graph_input_shapes(original, input_shapes, str(onnx_path)) if tune else None
     tuning = None
     if tune and shapes:
-        from rfdeploy.measure.tune_onnx import tune_graph
+        from rfdeploy.tuning.tune_onnx import tune_graph
 
         step(f"timing each searched conv's lowerings on {tune}")
         tuning = tune_graph(original, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))

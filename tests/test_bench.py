@@ -22,9 +22,9 @@ from rfdeploy import api, cli
 from rfdeploy.backends import check_backends, make_runner, parse_backends
 from rfdeploy.compiler.pipeline import searched_layers
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.bench import bench, plain_model, randomize_alphas
 from rfdeploy.measure.timing import device_name, summarize, time_interleaved, torch_settings
 from rfdeploy.measure.verify import random_inputs, reference_outputs
+from rfdeploy.stages.bench import bench, plain_model, randomize_alphas
 
 MODULE = "rfdeploy_bench_tiny_net"  # a module name no other test uses
 SHAPE = (1, 3, 16, 16)
@@ -177,7 +177,7 @@ def test_naive_onnx_export_of_the_searched_model_keeps_the_alpha_arithmetic(sear
     loaded, *_ = searched_tiny
     from rfdeploy.backends.onnx_export import op_counts
     from rfdeploy.compiler.pipeline import compile_model
-    from rfdeploy.measure.bench import variants
+    from rfdeploy.stages.bench import variants
 
     chosen = variants(loaded.searched, compile_model(loaded.searched).model)
     example = random_inputs([SHAPE], 0)

@@ -25,8 +25,8 @@ from rfdeploy import api
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.passes.fold_channel_scales import fold_channel_scales
 from rfdeploy.compiler.pipeline import run_graph_passes
-from rfdeploy.measure.bench import variants
 from rfdeploy.models import build
+from rfdeploy.stages.bench import variants
 
 RNG = np.random.default_rng(0)
 

@@ -16,8 +16,8 @@ from rfdeploy import api, cli
 from rfdeploy.backends import BACKENDS, backend
 from rfdeploy.backends.openvino_backend import cpu_capabilities
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.calibration import ImagePreprocess, calibration_data
-from rfdeploy.measure.reduced_precision import PrecisionRequest
+from rfdeploy.quantize.calibration import ImagePreprocess, calibration_data
+from rfdeploy.quantize.deploy import PrecisionRequest
 
 openvino = pytest.importorskip("openvino")
 HAS_BF16 = "BF16" in cpu_capabilities()
@@ -281,7 +281,7 @@ def test_a_faster_lowering_that_quantizes_much_worse_is_not_kept():
 
 
 def test_conv_matmul_op_set_quantizes_only_convs_and_matmuls(files):
-    from rfdeploy.compiler.quantize import quantize_int8
+    from rfdeploy.quantize.int8 import quantize_int8
 
     fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
     sets = calibration_data("random", [(1, 3, 12, 12)], 4).calibration
@@ -296,8 +296,8 @@ def test_conv_matmul_op_set_quantizes_only_convs_and_matmuls(files):
 
 
 def test_int8_export_times_each_op_set_and_keeps_the_fastest_within_the_margin(files):
-    from rfdeploy.compiler.quantize import OP_SETS
     from rfdeploy.precision import SNR_MARGIN_DB
+    from rfdeploy.quantize.int8 import OP_SETS
 
     result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
                         precision=PrecisionRequest("int8", calib="random", calib_count=4))
@@ -321,9 +321,9 @@ def test_an_int8_export_serves_the_int8_model_in_triton(files, capsys):
 
 def test_output_ranking_costs_a_tensor_by_the_snr_its_quantization_takes_from_the_outputs(files):
     from rfdeploy.backends import make_runner
-    from rfdeploy.compiler.quantize import quantize_int8
-    from rfdeploy.measure.mixed_precision import output_costs
     from rfdeploy.measure.verify import Reference, compare_on
+    from rfdeploy.quantize.int8 import quantize_int8
+    from rfdeploy.quantize.mixed_precision import output_costs
 
     loaded = api.load(MODEL, files.ckpt, files.structure)
     fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model

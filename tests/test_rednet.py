@@ -19,8 +19,8 @@ from rfdeploy.compiler.involution_ir import LoweredInvolution
 from rfdeploy.compiler.passes.choose_aggregation import CANDIDATES
 from rfdeploy.compiler.pipeline import compile_model
 from rfdeploy.loader.recognise import zoo_model_of
-from rfdeploy.measure.bench import bench
-from rfdeploy.measure.tune import tune_lowerings
+from rfdeploy.stages.bench import bench
+from rfdeploy.tuning.tune import tune_lowerings
 
 PUBLISHED_PARAMETERS = {"rednet26": 9.23e6, "rednet38": 12.39e6, "rednet50": 15.54e6}
 SMALL = (1, 3, 64, 64)

@@ -13,7 +13,7 @@ from torch import nn
 from rfdeploy import api
 from rfdeploy.backends.onnx_export import export_onnx, op_counts
 from rfdeploy.compiler.passes.sink_transposes import sink_transposes
-from rfdeploy.measure.layout import AS_EXPORTED, CHANNELS_FIRST, choose_layout
+from rfdeploy.tuning.layout import AS_EXPORTED, CHANNELS_FIRST, choose_layout
 
 
 class ChannelsLastMLP(nn.Module):

@@ -13,8 +13,8 @@ from rfdeploy import api, cli
 from rfdeploy.compiler.pipeline import compile_model, searched_layers
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.searched_conv import SearchedConv
-from rfdeploy.measure.tune import candidates, layer_input_shapes, parse_target, tune_lowerings
 from rfdeploy.measure.verify import random_inputs, reference_outputs
+from rfdeploy.tuning.tune import candidates, layer_input_shapes, parse_target, tune_lowerings
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,9 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.bench import (
+from rfdeploy.precision import parse_precisions
+from rfdeploy.quantize.calibration import require_calibration
+from rfdeploy.stages.bench import (
     VARIANTS,
     BenchReport,
     bench,
@@ -37,8 +39,6 @@ from rfdeploy.measure.bench import (
     planned_ticks,
     randomize_alphas,
 )
-from rfdeploy.measure.calibration import require_calibration
-from rfdeploy.precision import parse_precisions
 
 
 def add_parser(subparsers) -> None:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar() as progress:
         choices = None
         if args.tune:
-            from rfdeploy.measure.tune import tune_lowerings
+            from rfdeploy.tuning.tune import tune_lowerings
 
             task = progress.add_task(f"timing each layer's lowerings on {args.tune}", total=None)
             tuning = tune_lowerings(loaded.searched, shapes, args.tune, threads=args.threads,

@@ -27,6 +27,7 @@ from rfdeploy.commands.common import (
     print_engine,
 )
 from rfdeploy.errors import RFDeployError
+from rfdeploy.measure.verify_engine import verify_engine
 
 
 def add_parser(subparsers) -> None:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
         built = trt_backend.build(onnx_bytes, request, str(onnx_path))
         with OrtRunner(onnx.load_from_string(onnx_bytes), threads=0) as reference:
-            check = trt_backend.verify_engine(built, reference, args.atol, args.rtol, args.seed)
+            check = verify_engine(built, reference, args.atol, args.rtol, args.seed)
     print_engine(built, check, f"{onnx_path.name} in onnxruntime-CPU")
     if not check.passed:
         console.print(f"nothing written: the engine does not match {onnx_path} in onnxruntime")

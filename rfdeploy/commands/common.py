@@ -13,13 +13,13 @@ from pathlib import Path
 from rich.console import Console
 
 from rfdeploy.backends import tensorrt as trt_backend
-from rfdeploy.compiler.quantize import METHODS, OP_SETS
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
-from rfdeploy.measure.mixed_precision import RANKINGS
-from rfdeploy.measure.reduced_precision import MEASURE, PrecisionRequest
 from rfdeploy.measure.verify import Verification
 from rfdeploy.precision import DEFAULT_MIN_SNR_DB, PRECISIONS
+from rfdeploy.quantize.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
+from rfdeploy.quantize.deploy import MEASURE, PrecisionRequest
+from rfdeploy.quantize.int8 import METHODS, OP_SETS
+from rfdeploy.quantize.mixed_precision import RANKINGS
 from rfdeploy.serve import triton as triton_repository
 
 UNBOUNDED_WIDTH = 10_000

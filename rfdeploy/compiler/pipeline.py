@@ -58,7 +58,7 @@ MODEL_PIPELINE = (
 GRAPH_PIPELINE = (
     Pass("fold_channel_scales", fold_channel_scales, Preserves.ROUNDING),
 )
-# After GRAPH_PIPELINE, where measurement says so (``measure.layout``): it speeds one backend up and slows
+# After GRAPH_PIPELINE, where measurement says so (``tuning.layout``): it speeds one backend up and slows
 # another down.
 SINK_TRANSPOSES = Pass("sink_transposes", sink_transposes, Preserves.ROUNDING)
 # Not in the compiler's pipelines: the single-branch cost reference of ``bench --with-plain``.

@@ -15,8 +15,9 @@ from torch import nn
 
 from rfdeploy.compiler.emit_onnx import Namer, emit
 from rfdeploy.compiler.ir import NotApplicable, to_module
+from rfdeploy.compiler.onnx_match import BatchNormParams, GraphSearchedConv, find_searched_convs
 from rfdeploy.compiler.pipeline import lower_layer, run_model_passes
-from rfdeploy.loader.onnx_graph import BatchNormParams, GraphSearchedConv, find_searched_convs, import_graph
+from rfdeploy.loader.onnx_graph import import_graph
 
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 

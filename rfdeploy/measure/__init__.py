@@ -1,1 +1,1 @@
-"""Proof and speed: verification against the searched forward, timing, bench, tune."""
+"""Comparison and timing: each artifact against the searched forward, the I/O files, the timing primitives."""

@@ -24,7 +24,7 @@ from rfdeploy.backends.tensorrt import BuiltEngine, Sidecar
 from rfdeploy.errors import RFDeployError
 
 if TYPE_CHECKING:
-    from rfdeploy.measure.tune import TuningResult
+    from rfdeploy.tuning.tune import TuningResult
 
 CONFIG = "config.pbtxt"
 KINDS = ("cpu", "gpu")

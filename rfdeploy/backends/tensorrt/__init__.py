@@ -29,7 +29,6 @@ from rfdeploy.backends.tensorrt.profile import (
 from rfdeploy.backends.tensorrt.runner import (
     TrtRunner,
     load_engine_bytes,
-    verify_engine,
 )
 from rfdeploy.backends.tensorrt.sidecar import (
     SIDECAR_SUFFIX,
@@ -46,5 +45,5 @@ __all__ = [
     "INSTALL_HINT", "PRECISIONS", "SIDECAR_SUFFIX", "BuildOptions", "BuiltEngine", "EngineRequest",
     "InputProfile", "NamedShape", "Setup", "Shape", "Sidecar", "TrtRunner", "build", "build_engine",
     "build_serialized", "check_setup", "current_setup", "default_timing_cache", "load_engine_bytes", "make_sidecar", "onnx_inputs", "parse_named_shape", "read_sidecar", "require_cuda",
-    "require_tensorrt", "resolve_profile", "sidecar_path", "verify_engine", "with_export_shapes",
+    "require_tensorrt", "resolve_profile", "sidecar_path", "with_export_shapes",
 ]

@@ -39,7 +39,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from rfdeploy.loader.onnx_graph import constant_of, import_graph
+from rfdeploy.compiler.onnx_match import constant_of
+from rfdeploy.loader.onnx_graph import import_graph
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 LAYOUT_OPS = ("Transpose", "Reshape", "Identity")

@@ -15,7 +15,7 @@ backends add around them, go when every node in between has a channels-first for
 
 The stretch is every node reachable from the first transpose's output up to inverse transposes; each of
 its tensors is read only inside it (or by those transposes) and is no graph output. Anything else in it,
-and the graph is left as it is. Whether that is faster depends on the backend (``measure.layout`` times
+and the graph is left as it is. Whether that is faster depends on the backend (``tuning.layout`` times
 both and keeps the faster).
 
 Preserves outputs up to rounding: the same products, summed in another order (a 1x1 conv for a matmul),
@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from rfdeploy.loader.onnx_graph import constant_of, import_graph
+from rfdeploy.compiler.onnx_match import constant_of
+from rfdeploy.loader.onnx_graph import import_graph
 
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 TO_CHANNELS_FIRST = [0, 3, 1, 2]

@@ -33,7 +33,6 @@ from rfdeploy.compiler import involution_ir
 from rfdeploy.compiler.ir import from_searched, to_module
 from rfdeploy.compiler.passes.choose_aggregation import CANDIDATES as AGGREGATIONS
 from rfdeploy.compiler.pipeline import lower_involution, lower_layer, searched_layers
-from rfdeploy.compiler.quantize import quantize_int8
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.involution import involution_layers, involution_parts
 from rfdeploy.loader.searched_conv import SearchedConv
@@ -47,6 +46,7 @@ from rfdeploy.measure.timing import (
 )
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
 from rfdeploy.precision import fastest_within_margin
+from rfdeploy.quantize.int8 import quantize_int8
 
 CANDIDATES = ("single", "multi")
 REFERENCE = "searched"

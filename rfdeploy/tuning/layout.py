@@ -44,7 +44,7 @@ def layout_target(tune: str | None, verify_backends: tuple[str, ...], precision:
     runs ONNX, else the backend the ``--precision`` model is checked on, else onnxruntime on the CPU. int8
     is timed in fp32: the layout is chosen before quantizing."""
     from rfdeploy.backends import backend as backend_entry
-    from rfdeploy.measure.tune import parse_target
+    from rfdeploy.tuning.tune import parse_target
 
     timed = "fp32" if precision == "int8" else precision
     if tune:

@@ -1,5 +1,5 @@
 """Lowering chosen by measurement for the searched convs of an ONNX graph: each one timed as
-``measure.tune`` times a PyTorch model's layers, at the input shape ONNX shape inference gives it."""
+``tuning.tune`` times a PyTorch model's layers, at the input shape ONNX shape inference gives it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import onnx
 import torch
 
 from rfdeploy.compiler.ir import ConvIR
-from rfdeploy.loader.onnx_graph import find_searched_convs, import_graph
+from rfdeploy.compiler.onnx_match import find_searched_convs
+from rfdeploy.loader.onnx_graph import import_graph
 from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.timing import Tick
-from rfdeploy.measure.tune import TuningResult, tune_layers
 from rfdeploy.measure.verify_onnx import Shape, tensor_shapes
+from rfdeploy.tuning.tune import TuningResult, tune_layers
 
 
 def searched_conv(ir: ConvIR) -> SearchedConv:

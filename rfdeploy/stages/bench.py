@@ -24,9 +24,6 @@ from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_ru
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_passes, searched_layers
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.calibration import CalibrationData
-from rfdeploy.measure.layout import choose_layout
-from rfdeploy.measure.reduced_precision import PrecisionRequest, calibration_for, deploy
 from rfdeploy.measure.timing import (
     Tick,
     device_name,
@@ -35,6 +32,9 @@ from rfdeploy.measure.timing import (
     torch_settings,
 )
 from rfdeploy.measure.verify import InputSet, Reference, compare_on, finite_db, random_inputs
+from rfdeploy.quantize.calibration import CalibrationData
+from rfdeploy.quantize.deploy import PrecisionRequest, calibration_for, deploy
+from rfdeploy.tuning.layout import choose_layout
 
 VARIANTS = ("searched", "compiled")
 

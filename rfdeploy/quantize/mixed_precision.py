@@ -26,8 +26,8 @@ from pathlib import Path
 
 import onnx
 
-from rfdeploy.compiler.quantize import InputReader, Int8Quantizer, quiet_onnxruntime_logging
 from rfdeploy.measure.verify import InputSet
+from rfdeploy.quantize.int8 import InputReader, Int8Quantizer, quiet_onnxruntime_logging
 
 RANKINGS = ("output", "qdq")
 

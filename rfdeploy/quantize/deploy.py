@@ -2,7 +2,7 @@
 
 After the exact fp32 export is verified, ``deploy`` makes and checks the ``--precision`` artifact:
 
-- int8: the compiled ONNX model quantized (QDQ, ``rfdeploy.compiler.quantize``) on the calibration
+- int8: the compiled ONNX model quantized (QDQ, ``rfdeploy.quantize.int8``) on the calibration
   batches, written as ``model.int8.onnx``; with ``--min-snr`` and a miss, the costliest tensors are kept
   in fp32 until the target is met (``mixed_precision``);
 - bf16: the fp32 ONNX model run by OpenVINO in bf16 (a runtime setting: no file of its own);
@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 import onnx
 
 from rfdeploy.backends import backend, make_runner
-from rfdeploy.compiler.quantize import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.calibration import (
+from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
+from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
+from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
+from rfdeploy.quantize.calibration import (
     CalibrationData,
     ImagePreprocess,
     calibration_data,
     require_calibration,
 )
-from rfdeploy.measure.mixed_precision import RANKINGS, reach_snr
-from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
-from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
-from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
+from rfdeploy.quantize.int8 import OP_SETS, Int8Quantizer, quantized_nodes
+from rfdeploy.quantize.mixed_precision import RANKINGS, reach_snr
 
 INT8_FILE = "model.int8.onnx"
 MEASURE = "measure"

@@ -1,0 +1,1 @@
+"""The deployments as declared stages: export, optimize, bench."""

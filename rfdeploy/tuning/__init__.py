@@ -1,0 +1,1 @@
+"""Choices made by measurement: each layer's lowering, the graph's layout."""
