@@ -47,6 +47,8 @@ def check_output_dir(directory: str | Path, names: tuple[str, ...] = ()) -> Path
     for name in names:
         if (directory / name).is_dir():
             raise RFDeployError(f"output {directory / name} is a folder; it would be replaced by a file")
+        if os.path.lexists(directory / name) and not (directory / name).is_file():
+            raise RFDeployError(f"output {directory / name} is not a regular file; it would be replaced by one")
     try:  # the only sure test of writability (read-only mounts, immutable folders, root ignoring modes)
         tempfile.TemporaryDirectory(prefix=".rfdeploy-check.", dir=existing).cleanup()
     except OSError as error:

@@ -75,7 +75,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # at reduced precision; choices made by measurement; reading and serving the results; the declared stages that
 # chain all of it; the Python API; the CLI.
 LAYERS = (
-    ("errors", "optional", "artifacts", "precision", "modules"),
+    ("errors", "optional", "artifacts", "precision", "modules", "shapes"),
     ("models",),
     ("loader",),
     ("compiler",),

@@ -108,6 +108,7 @@ def test_inputs_of_another_size_fit_a_dynamic_shape_export(tmp_path):
 def test_saved_io_holds_every_input_and_the_searched_outputs_on_it(tmp_path):
     model = hooked("search")
     io_file = tmp_path / "io" / "run.npz"
+    io_file.parent.mkdir()
     result = api.export(model, input_shapes=[SHAPE], out=tmp_path / "out", dynamic_batch=True, save_io=io_file,
                         inputs=save(tmp_path / "x.npz", input=np.ones(SHAPE, np.float32)))
 

@@ -76,17 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None, list[str]]:
     """``(name, plain model, searched model or None, searched rates or None, default input shape, warnings)``."""
-    from rfdeploy.loader.searched_model import load_model, structure_rates
+    from rfdeploy.loader.searched_model import structure_rates
+    from rfdeploy.loader.sources import architecture, load
 
     if args.ckpt is not None:
-        from rfdeploy import api
-
-        loaded = api.load(args.model, args.ckpt, args.structure)
-        plain, default_shape = load_model(args.model or loaded.model_name)
-        return loaded.model_name, plain, loaded.searched, None, default_shape, loaded.info.warnings
-    plain, default_shape = load_model(args.model)
-    rates = structure_rates(plain, args.structure) if args.structure else None
-    return args.model, plain, None, rates, default_shape, []
+        loaded = load(args.model, args.ckpt, args.structure)
+        plain = architecture(args.model or loaded.model_name)
+        return loaded.model_name, plain.module, loaded.searched, None, plain.input_shape, loaded.info.warnings
+    plain = architecture(args.model)
+    rates = structure_rates(plain.module, args.structure) if args.structure else None
+    return args.model, plain.module, None, rates, plain.input_shape, []
 
 
 def _input_size(given: tuple[int, ...] | None, default_shape, model: nn.Module) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.sources import MODEL_FORMS
 from rfdeploy.measure.verify import Verification
 from rfdeploy.precision import DEFAULT_MIN_SNR_DB, PRECISIONS
 from rfdeploy.quantize.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
@@ -79,7 +80,7 @@ def parse_size(text: str) -> tuple[int, ...]:
     return parse_dims(text, "size", "224 or 800,1333", "")
 
 
-MODEL_HELP = ("zoo name (see 'rfdeploy models') or package.module:callable returning the plain nn.Module "
+MODEL_HELP = (f"the plain architecture the search started from: {MODEL_FORMS} returning an nn.Module "
               "(default: recognised from the checkpoint when it holds a zoo architecture)")
 
 

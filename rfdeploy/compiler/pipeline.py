@@ -69,11 +69,18 @@ check_order(MODEL_PIPELINE)
 check_order(GRAPH_PIPELINE)
 
 AfterPass = Callable[[Pass, ConvIR, ConvIR], None]
+ModelPassResults = dict[str, tuple[list[Any], str | None]]
+# Chooses the graph's layout (``SINK_TRANSPOSES`` or not) by measurement: graph -> (graph kept, the record why).
+LayoutChooser = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, dict]]
+Exporter = Callable[[nn.Module], onnx.ModelProto]
 AfterInvolutionPass = Callable[[Pass, InvolutionIR, InvolutionIR], None]
 
 
 @dataclass
 class LayerReport:
+    """One searched conv as the compiler lowered it, from a model or from an ONNX graph (``nodes`` on: where
+    in the graph it was and what replaced it)."""
+
     name: str
     kernel_size: list[int]
     rates: list[list[int]]
@@ -81,6 +88,24 @@ class LayerReport:
     lowering: str
     branches_after: int
     notes: list[str] = field(default_factory=list)
+    nodes: list[str] | None = None  # the graph's nodes it replaced (its BatchNorm's too, where folded)
+    input: str | None = None
+    output: str | None = None
+    batchnorm: str | None = None  # the folded BatchNormalization node
+
+    @classmethod
+    def of(cls, ir: ConvIR, lowered: ConvIR, **placed: Any) -> LayerReport:
+        """The report of ``ir`` lowered to ``lowered``; ``placed``: its graph fields."""
+        return cls(name=ir.name, kernel_size=list(ir.branches[0].kernel_size), rates=[list(b.rate) for b in ir.branches],
+                   alphas=[round(b.alpha, 6) for b in ir.branches], lowering=lowered.lowering or "plain",
+                   branches_after=len(lowered.branches), notes=list(lowered.notes), **placed)
+
+    def to_json(self) -> dict:
+        fields = asdict(self)
+        return fields if self.nodes is not None else {k: v for k, v in fields.items() if k not in _GRAPH_FIELDS}
+
+
+_GRAPH_FIELDS = ("nodes", "input", "output", "batchnorm")
 
 
 @dataclass
@@ -104,6 +129,9 @@ class CompileResult:
     folded_batchnorms: list[str]
     batchnorm_note: str | None
     involutions: list[InvolutionReport] = field(default_factory=list)
+    onnx_model: onnx.ModelProto | None = None  # with an exporter: the exported graph after its pipelines
+    graph_passes: ModelPassResults = field(default_factory=dict)
+    layout: dict | None = None  # the layout chooser's record
 
 
 def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None = None,
@@ -183,7 +211,6 @@ def lower_involutions(model: nn.Module, choices: dict[str, str] | None = None,
     return reports
 
 
-ModelPassResults = dict[str, tuple[list[Any], str | None]]
 Whole = TypeVar("Whole", nn.Module, onnx.ModelProto)
 
 
@@ -218,11 +245,12 @@ def plain_model(searched: nn.Module) -> nn.Module:
 
 
 def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
-                  choices: dict[str, str] | None = None,
-                  input_shapes: list[tuple[int, ...]] | None = None) -> CompileResult:
+                  choices: dict[str, str] | None = None, input_shapes: list[tuple[int, ...]] | None = None,
+                  export: Exporter | None = None, layout: LayoutChooser | None = None) -> CompileResult:
     """A copy of ``searched`` with every ``SearchedConv`` lowered to plain convs and every involution to plain
     ops (BatchNorms folded). ``choices`` (layer name -> lowering) come from measurement; ``input_shapes`` lets
-    the involutions' cost model see their real sizes."""
+    the involutions' cost model see their real sizes. With ``export``, the compiled model is exported and its
+    graph goes through the graph pipelines too (``run_graph_pipelines``, ``layout`` choosing the layout)."""
     model = copy.deepcopy(searched).eval()
     involutions = lower_involutions(model, choices, input_shapes)
     reports = []
@@ -230,18 +258,23 @@ def compile_model(searched: nn.Module, mode: str = "auto", fold_bn: bool = True,
         ir = from_searched(name, layer)
         lowered = lower_layer(ir, mode, choices)
         set_submodule(model, name, to_module(lowered))
-        reports.append(LayerReport(
-            name=name,
-            kernel_size=list(layer.kernel_size),
-            rates=[list(r) for r in layer.rates],
-            alphas=[round(b.alpha, 6) for b in ir.branches],
-            lowering=lowered.lowering or "plain",
-            branches_after=len(lowered.branches),
-            notes=list(lowered.notes),
-        ))
+        reports.append(LayerReport.of(ir, lowered))
     folded: list[str] = []
     bn_note = None
     if fold_bn:
         model, results = run_model_passes(model)
         folded, bn_note = results["fold_batchnorm"]
-    return CompileResult(model, reports, folded, bn_note, involutions)
+    result = CompileResult(model, reports, folded, bn_note, involutions)
+    if export is not None:
+        result.onnx_model, result.graph_passes, result.layout = run_graph_pipelines(export(model), layout)
+    return result
+
+
+def run_graph_pipelines(model: onnx.ModelProto, layout: LayoutChooser | None = None
+                        ) -> tuple[onnx.ModelProto, ModelPassResults, dict | None]:
+    """``GRAPH_PIPELINE``, then the layout ``layout`` chooses (none: the graph's as it is)."""
+    model, results = run_graph_passes(model)
+    if layout is None:
+        return model, results, None
+    model, record = layout(model)
+    return model, results, record

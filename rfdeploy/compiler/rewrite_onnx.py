@@ -16,25 +16,17 @@ from torch import nn
 from rfdeploy.compiler.emit_onnx import Namer, emit
 from rfdeploy.compiler.ir import NotApplicable, to_module
 from rfdeploy.compiler.onnx_match import BatchNormParams, GraphSearchedConv, find_searched_convs
-from rfdeploy.compiler.pipeline import lower_layer, run_model_passes
+from rfdeploy.compiler.pipeline import (
+    LayerReport,
+    LayoutChooser,
+    ModelPassResults,
+    lower_layer,
+    run_graph_pipelines,
+    run_model_passes,
+)
 from rfdeploy.loader.onnx_graph import import_graph
 
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
-
-
-@dataclass
-class GraphLayerReport:
-    name: str
-    nodes: list[str]  # the searched conv's nodes that were replaced (its BatchNorm's too, where folded)
-    input: str
-    output: str
-    kernel_size: list[int]
-    rates: list[list[int]]
-    alphas: list[float]
-    lowering: str
-    branches_after: int
-    batchnorm: str | None  # the folded BatchNormalization node
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -47,8 +39,9 @@ class LeftAlone:
 @dataclass
 class GraphCompileResult:
     model: onnx.ModelProto
-    layers: list[GraphLayerReport]
+    layers: list[LayerReport]
     left_alone: list[LeftAlone]
+    graph_passes: ModelPassResults = field(default_factory=dict)
 
 
 @dataclass
@@ -122,21 +115,10 @@ def _replace(graph: gs.Graph, layer: GraphSearchedConv, module: nn.Module, folde
     return _Replacement(anchor, removed + _now_dead(read, {t.name for t in graph.outputs}), added)
 
 
-def _report(layer: GraphSearchedConv, lowered, replacement: _Replacement, folded: bool) -> GraphLayerReport:
-    ir = layer.ir
-    return GraphLayerReport(
-        name=ir.name,
-        nodes=[node.name for node in replacement.removed],
-        input=layer.input.name,
-        output=replacement.added[-1].outputs[0].name,
-        kernel_size=list(ir.branches[0].kernel_size),
-        rates=[list(b.rate) for b in ir.branches],
-        alphas=[round(b.alpha, 6) for b in ir.branches],
-        lowering=lowered.lowering or "plain",
-        branches_after=len(lowered.branches),
-        batchnorm=layer.batchnorm.node.name if folded and layer.batchnorm else None,
-        notes=list(lowered.notes),
-    )
+def _report(layer: GraphSearchedConv, lowered, replacement: _Replacement, folded: bool) -> LayerReport:
+    return LayerReport.of(layer.ir, lowered, nodes=[node.name for node in replacement.removed], input=layer.input.name,
+                          output=replacement.added[-1].outputs[0].name,
+                          batchnorm=layer.batchnorm.node.name if folded and layer.batchnorm else None)
 
 
 def _reordered(nodes: list[gs.Node], replacements: list[_Replacement]) -> list[gs.Node]:
@@ -151,8 +133,10 @@ def _reordered(nodes: list[gs.Node], replacements: list[_Replacement]) -> list[g
     return ordered
 
 
-def compile_graph(model: onnx.ModelProto, mode: str = "auto",
-                  choices: dict[str, str] | None = None) -> GraphCompileResult:
+def compile_graph(model: onnx.ModelProto, mode: str = "auto", choices: dict[str, str] | None = None,
+                  layout: LayoutChooser | None = None) -> GraphCompileResult:
+    """Every searched conv of ``model`` lowered in place (``LAYER_PIPELINE``, the BatchNorm after it folded);
+    where any was, the graph pipelines too (``run_graph_pipelines``)."""
     graph = import_graph(model)
     taken = {node.name for node in graph.nodes} | set(graph.tensors())
     layers, left_alone, replacements = [], [], []
@@ -171,4 +155,7 @@ def compile_graph(model: onnx.ModelProto, mode: str = "auto",
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     rewritten.graph.CopyFrom(gs.export_onnx(graph, do_type_check=False).graph)
-    return GraphCompileResult(rewritten, layers, left_alone)
+    if not layers:
+        return GraphCompileResult(rewritten, layers, left_alone)
+    rewritten, graph_passes, _ = run_graph_pipelines(rewritten, layout)
+    return GraphCompileResult(rewritten, layers, left_alone, graph_passes)

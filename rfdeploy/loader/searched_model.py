@@ -8,12 +8,6 @@ Entries outside the deployed component are skipped and reported; entries inside 
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
-import os
-import pdb  # noqa: T100  # not to debug: its set_trace is swapped for an error while user code runs
-import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from rfdeploy import models
-from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.checkpoint import StateDict
 from rfdeploy.loader.rates import centred_padding, mmcv_padding
 from rfdeploy.loader.searched_conv import SearchedConv
@@ -49,84 +42,6 @@ class LoadInfo:
     notes: list[str] = field(default_factory=list)
     weights: str = "checkpoint"  # or "random" (a zoo model without --ckpt), "as built", "model" (in-memory ops)
     warnings: list[str] = field(default_factory=list)  # what verification cannot catch (loader/provenance.py)
-
-
-MODEL_FORMS = "a zoo name (rfdeploy models), package.module:callable, or path/to/file.py:callable"
-
-
-def _import_factory(spec: str):
-    """The object ``spec`` (``package.module:attr`` or ``path/to/file.py:attr``) names."""
-    source, _, attribute = spec.rpartition(":")
-    if not attribute.isidentifier():
-        raise RFDeployError(f"model '{spec}': '{attribute}' is not a callable's name; want {MODEL_FORMS}")
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise RFDeployError(f"model '{spec}': no such file {path}")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if module_spec is None or module_spec.loader is None:
-            raise RFDeployError(f"model '{spec}': cannot import {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    elif all(part.isidentifier() for part in source.split(".")):
-        if str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
-        module = importlib.import_module(source)
-    else:
-        raise RFDeployError(f"model '{spec}': '{source}' is neither a module name nor a .py file; want {MODEL_FORMS}")
-    return getattr(module, attribute)
-
-
-# What the user's code may call that would stop or take over this process: each is swapped for an error
-# while that code runs (a C extension's own abort() is beyond any Python guard).
-_TRAPS = ((sys, "breakpointhook", "breakpoint()"), (os, "abort", "os.abort()"),
-          (pdb, "set_trace", "pdb.set_trace()"), (pdb.Pdb, "set_trace", "pdb.set_trace()"))
-
-
-def _refusal(call: str):
-    def refuse(*args, **kwargs):
-        raise RuntimeError(f"it called {call}")
-
-    return refuse
-
-
-@contextmanager
-def _trapped():
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _TRAPS]
-    for owner, name, call in _TRAPS:
-        setattr(owner, name, _refusal(call))
-    try:
-        yield
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
-
-
-def _run_user_code(spec: str, step: str, function):
-    """``function()``, the user's own code: whatever it raises, exits, aborts or breaks into becomes one line."""
-    try:
-        with _trapped():
-            return function()
-    except RFDeployError:
-        raise
-    except SystemExit as exit_:
-        raise RFDeployError(f"model '{spec}' {step}: it called exit({exit_.code!r})") from None
-    except Exception as error:  # noqa: BLE001  # the user's own code: report it in one line
-        raise RFDeployError(f"model '{spec}' {step}: {type(error).__name__}: {first_line(error)}") from None
-
-
-def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
-    """A plain model from a zoo name, ``package.module:callable`` or ``file.py:callable``, and its default
-    input shape."""
-    if ":" not in spec:
-        entry = models.get(spec)
-        return models.build(spec), entry.input_shape
-    factory = _run_user_code(spec, "cannot be imported", lambda: _import_factory(spec))
-    build = factory if callable(factory) and not isinstance(factory, nn.Module) else lambda: factory
-    model = _run_user_code(spec, "failed to build", build)
-    if not isinstance(model, nn.Module):
-        raise RFDeployError(f"model '{spec}' returned {type(model).__name__}, not a torch nn.Module")
-    return model.eval(), getattr(model, "default_input_shape", None)
 
 
 def best_component(names: list[str], fits) -> tuple[str, int]:

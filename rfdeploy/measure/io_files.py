@@ -63,6 +63,11 @@ def save_io(path: str | Path, sets: list[InputSet], reference: Reference, input_
             output_names: list[str]) -> Path:
     """Every input set and the searched model's outputs on it, written whole or not at all."""
     path = Path(path)
+    return write_all(path.parent, {path.name: io_bytes(sets, reference, input_names, output_names)})[0]
+
+
+def io_bytes(sets: list[InputSet], reference: Reference, input_names: list[str], output_names: list[str]) -> bytes:
+    """Every input set and the searched model's outputs on it, as an .npz: ``sources``, then ``INDEX/NAME``."""
     arrays: dict[str, np.ndarray] = {"sources": np.array([s.source for s in sets])}
     for index, inputs in enumerate(sets):
         arrays.update({f"{index}/{name}": t.numpy() for name, t in zip(input_names, inputs.tensors)})
@@ -70,4 +75,4 @@ def save_io(path: str | Path, sets: list[InputSet], reference: Reference, input_
         arrays.update({f"{index}/{name}": a.astype(np.float32) for name, a in zip(output_names, outputs)})
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)
-    return write_all(path.parent, {path.name: buffer.getvalue()})[0]
+    return buffer.getvalue()

@@ -22,7 +22,7 @@ from torch import nn
 
 from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
-from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_passes, searched_layers
+from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_pipelines, searched_layers
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.timing import (
     Tick,
@@ -53,7 +53,7 @@ class Variant:
         if self.onnx_model is None:
             exported = export_onnx(self.model, example)
             # the searched model runs as exported: every branch and the alpha arithmetic stay in the graph
-            self.onnx_model = run_graph_passes(exported)[0] if self.graph_passes else exported
+            self.onnx_model = run_graph_pipelines(exported)[0] if self.graph_passes else exported
         return self.onnx_model
 
 
