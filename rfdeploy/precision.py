@@ -18,17 +18,50 @@ with these defaults, settable with ``--min-snr``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rfdeploy.errors import RFDeployError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_MIN_SNR_DB = {"fp16": 40.0, "bf16": 25.0, "int8": 15.0}
+
+@dataclass(frozen=True)
+class Precision:
+    """One number format a deployment runs in: how it is judged, where an export checks it, what it writes.
+    Which backends run it is the backend registry's to say (``Backend.precisions``)."""
+
+    name: str
+    min_snr_db: float | None  # the default SNR it must reach (``--min-snr``); None: held to --atol/--rtol
+    why: str  # the reason for that default
+    verified_on: tuple[str, ...] = ()  # the backends an export checks it on by default (``--verify-backends``)
+    artifact: str = ""  # the file an export writes for it beside model.onnx, if any
+    calibrated: bool = False  # its model is quantized on calibration data (``--calib``)
+    layout_as: str | None = None  # the precision its graph's layout is timed at, where not its own
+
+    @property
+    def timed_as(self) -> str:
+        return self.layout_as or self.name
+
+
+FP32 = Precision("fp32", None, "every exact lowering: each output within atol + rtol * scale")
+FP16 = Precision("fp16", 40.0, "10 mantissa bits, about -66 dB per value: 40 dB is a relative RMS error of 1%")
+BF16 = Precision("bf16", 25.0, "7 mantissa bits, about -48 dB per value, which a ResNet-50-sized model accumulates "
+                                "to 28-38 dB: 25 dB is 5.6% RMS", verified_on=("openvino",))
+INT8 = Precision("int8", 15.0, "calibrated per-channel weights, per-tensor activations; random-weight zoo models "
+                                "land at 16-25 dB: 15 dB (18% RMS) catches a broken deployment",
+                 verified_on=("onnxruntime",), artifact="model.int8.onnx", calibrated=True, layout_as="fp32")
+FORMATS = {entry.name: entry for entry in (FP32, FP16, BF16, INT8)}
+PRECISIONS = tuple(FORMATS)
+DEFAULT_MIN_SNR_DB = {name: entry.min_snr_db for name, entry in FORMATS.items() if entry.min_snr_db is not None}
 SNR_MARGIN_DB = 3.0  # what a faster variant may cost in SNR, no more: half the signal-to-noise power
 
 
+def precision_of(name: str) -> Precision:
+    if name not in FORMATS:
+        raise RFDeployError(f"unknown precision '{name}' (known: {', '.join(PRECISIONS)})")
+    return FORMATS[name]
+
+
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise RFDeployError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
-    return precision
+    return precision_of(precision).name
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -42,7 +75,7 @@ def parse_precisions(text: str) -> list[str]:
 def min_snr_for(precision: str, given: float | None = None) -> float | None:
     """The SNR a run at ``precision`` must reach: ``given``, else the default; None for fp32 (judged by
     tolerances) unless given."""
-    return given if given is not None else DEFAULT_MIN_SNR_DB.get(precision)
+    return given if given is not None else precision_of(precision).min_snr_db
 
 
 def fastest_within_margin(options: list[str], best_ms: dict[str, float],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from rfdeploy.backends import backend
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.sources import MODEL_FORMS
@@ -183,9 +184,7 @@ def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
     if args.fp16 and precision not in ("fp32", "fp16"):
         raise RFDeployError(f"--fp16 and --precision {precision}: give one")
     precision = "fp16" if args.fp16 else precision
-    if precision not in trt_backend.PRECISIONS:
-        raise RFDeployError(f"TensorRT builds {', '.join(trt_backend.PRECISIONS)} engines, not {precision} "
-                            f"(bf16 runs on the openvino backend)")
+    backend("tensorrt").require_precision(precision)
     options = trt_backend.BuildOptions(precision, args.workspace, args.timing_cache)
     return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)
 

@@ -21,7 +21,7 @@ from rfdeploy.backends import backend, make_runner
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
-from rfdeploy.precision import check_precision, fastest_within_margin, min_snr_for
+from rfdeploy.precision import INT8, check_precision, fastest_within_margin, min_snr_for, precision_of
 from rfdeploy.quantize.calibration import (
     CalibrationData,
     ImagePreprocess,
@@ -31,9 +31,8 @@ from rfdeploy.quantize.calibration import (
 from rfdeploy.quantize.int8 import OP_SETS, Int8Quantizer, quantized_nodes
 from rfdeploy.quantize.mixed_precision import RANKINGS, reach_snr
 
-INT8_FILE = "model.int8.onnx"
+INT8_FILE = INT8.artifact
 MEASURE = "measure"
-DEFAULT_BACKENDS = {"int8": ("onnxruntime",), "bf16": ("openvino",), "fp16": ()}
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class PrecisionRequest:
     calib_method: str = "minmax"
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
-    backends: tuple[str, ...] = ()  # () : DEFAULT_BACKENDS
+    backends: tuple[str, ...] = ()  # () : the precision's own ``verified_on``
     int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed on the first backend, the fastest kept
     ranking: str = "output"  # how mixed precision ranks tensors (``mixed_precision.RANKINGS``)
 
@@ -59,7 +58,7 @@ class PrecisionRequest:
 
     @property
     def verify_backends(self) -> tuple[str, ...]:
-        return self.backends or DEFAULT_BACKENDS.get(self.precision, ())
+        return self.backends or precision_of(self.precision).verified_on
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
-from rfdeploy.backends import make_runner
+from rfdeploy.backends import backend, make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
@@ -24,6 +24,7 @@ from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
 from rfdeploy.measure.verify_engine import verify_engine
+from rfdeploy.precision import FORMATS, precision_of
 from rfdeploy.quantize.deploy import (
     INT8_FILE,
     PrecisionRequest,
@@ -92,7 +93,7 @@ def checked(request: ExportRequest) -> ExportRequest:
     if request.precision is not None:
         check_request(request.precision, request.engine is not None)
     engine = request.engine
-    if request.lowered is not None and engine is not None and request.lowered_to in trt_backend.PRECISIONS:
+    if request.lowered is not None and engine is not None and request.lowered_to in backend("tensorrt").precisions:
         engine = replace(engine, options=replace(engine.options, precision=request.lowered_to))
     return replace(request, engine=engine)
 
@@ -262,7 +263,7 @@ def triton_stage(run: Run) -> dict:
 
 
 def _under_out(*names: str):
-    return lambda request: tuple(request.out / name for name in names)
+    return lambda request: tuple(request.out / name for name in names if name)
 
 
 EXPORT_STAGES = check_stages((
@@ -285,7 +286,7 @@ EXPORT_STAGES = check_stages((
           progress="analysing receptive fields"),
     Stage("precision", precision_stage, needs=("onnx_model", "reference", "shapes", "sets", "calibration"),
           adds=("deployed",), report=("precision",), verified=True, when=lambda request: request.lowered is not None,
-          files=lambda request: _under_out(INT8_FILE)(request) if request.lowered_to == "int8" else (),
+          files=lambda request: _under_out(precision_of(request.lowered_to).artifact)(request),
           progress="deploying at the lower precision"),
     Stage("tensorrt", tensorrt_stage, needs=("onnx_model", "reference", "shapes", "other_shapes"), adds=("engine",),
           report=("tensorrt",), verified=True, when=lambda request: request.engine is not None,
@@ -295,7 +296,8 @@ EXPORT_STAGES = check_stages((
           when=lambda request: request.triton is not None, progress="planning the Triton repository"),
 ))
 # Every artifact name an export can write in its folder: it owns them, and removes those this run does not write.
-OWNED_FILES = (MODEL_FILE, INT8_FILE, ENGINE_FILE, ENGINE_FILE + trt_backend.SIDECAR_SUFFIX)
+OWNED_FILES = (MODEL_FILE, *(entry.artifact for entry in FORMATS.values() if entry.artifact), ENGINE_FILE,
+               ENGINE_FILE + trt_backend.SIDECAR_SUFFIX)
 
 
 @dataclass

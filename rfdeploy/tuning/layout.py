@@ -14,6 +14,7 @@ import torch
 
 from rfdeploy.compiler.pipeline import SINK_TRANSPOSES, graph_pass_report
 from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
+from rfdeploy.precision import precision_of
 
 AS_EXPORTED = "as exported"
 CHANNELS_FIRST = "channels-first"
@@ -46,7 +47,7 @@ def layout_target(tune: str | None, verify_backends: tuple[str, ...], precision:
     from rfdeploy.backends import backend as backend_entry
     from rfdeploy.tuning.tune import parse_target
 
-    timed = "fp32" if precision == "int8" else precision
+    timed = precision_of(precision).timed_as
     if tune:
         name, device = parse_target(tune)
         if backend_entry(name).runs_onnx:

@@ -7,7 +7,6 @@ about shapes and sidecars is plain data and works without it.
 """
 
 from rfdeploy.backends.tensorrt.build import (
-    PRECISIONS,
     BuildOptions,
     BuiltEngine,
     EngineRequest,
@@ -42,7 +41,7 @@ from rfdeploy.backends.tensorrt.sidecar import (
 )
 
 __all__ = [
-    "INSTALL_HINT", "PRECISIONS", "SIDECAR_SUFFIX", "BuildOptions", "BuiltEngine", "EngineRequest",
+    "INSTALL_HINT", "SIDECAR_SUFFIX", "BuildOptions", "BuiltEngine", "EngineRequest",
     "InputProfile", "NamedShape", "Setup", "Shape", "Sidecar", "TrtRunner", "build", "build_engine",
     "build_serialized", "check_setup", "current_setup", "default_timing_cache", "load_engine_bytes", "make_sidecar", "onnx_inputs", "parse_named_shape", "read_sidecar", "require_cuda",
     "require_tensorrt", "resolve_profile", "sidecar_path", "with_export_shapes",

@@ -11,12 +11,12 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from rfdeploy.artifacts import cache_dir, write_all
+from rfdeploy.backends.registry import backend
 from rfdeploy.backends.tensorrt.lib import require_cuda, require_tensorrt, trt
 from rfdeploy.backends.tensorrt.profile import InputProfile, NamedShape, Shape, onnx_inputs, resolve_profile
 from rfdeploy.backends.tensorrt.sidecar import Setup, Sidecar, current_setup, make_sidecar, sidecar_path
 from rfdeploy.errors import RFDeployError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -110,8 +110,7 @@ class BuiltEngine:
 
 def build(onnx_bytes: bytes, request: EngineRequest, source: str = "<onnx>") -> BuiltEngine:
     """A serialized engine and its sidecar, in memory."""
-    if request.options.precision not in PRECISIONS:
-        raise RFDeployError(f"unknown precision '{request.options.precision}' (known: {', '.join(PRECISIONS)})")
+    backend("tensorrt").require_precision(request.options.precision)
     try:
         model = onnx.load_from_string(onnx_bytes)
     except DecodeError as error:
