@@ -14,8 +14,7 @@ import os
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rfdeploy import api
-from rfdeploy.backends import BACKENDS, DEVICES, check_backends, parse_backends
+from rfdeploy.backends import BACKENDS, DEVICES, parse_backends
 from rfdeploy.commands.common import (
     COUNT,
     SEED,
@@ -33,11 +32,11 @@ from rfdeploy.quantize.calibration import require_calibration
 from rfdeploy.stages.bench import (
     VARIANTS,
     BenchReport,
-    bench,
-    check_bench_precisions,
+    BenchRequest,
+    finish_bench,
     free_cores,
     planned_ticks,
-    randomize_alphas,
+    start_bench,
 )
 
 
@@ -88,38 +87,24 @@ def parse_precisions_arg(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
                                                              "give --ckpt or --random-alphas, not both")
-    check_backends(args.backends, args.device)
-    check_bench_precisions(args.backends, args.precisions)
     request = precision_request(args, "int8")
     if "int8" in args.precisions:
         require_calibration(request.calib)
-    loaded = api.load(args.model, args.ckpt, args.structure)
-    shapes = api.input_shapes_for(loaded, args.input_shapes)
-    warn(loaded.info.warnings)  # once the input is known good: a bad one gets its one error line alone
+    int8 = request if "int8" in args.precisions else None
+    bench_request = BenchRequest(
+        args.model, args.ckpt, args.structure, args.mode, args.input_shapes, seed=args.seed, tune=args.tune,
+        precision=int8, threads=args.threads, backends=tuple(args.backends), precisions=tuple(args.precisions),
+        device=args.device, warmup=args.warmup, iters=args.iters, with_plain=args.with_plain,
+        random_alphas=args.random_alphas)
+    started = start_bench(bench_request)
+    warn(started["loaded"].info.warnings)  # once the input is known good: a bad one gets its one error line alone
     warn_of_busy_cores(args.threads, args.device)
-    if args.random_alphas is not None:
-        randomize_alphas(loaded.searched, args.random_alphas)
     variant_count = len(VARIANTS) + int(args.with_plain)
     rows = len(args.backends) * (variant_count + len(args.precisions) - 1)
     with progress_bar() as progress:
-        choices = None
-        if args.tune:
-            from rfdeploy.tuning.tune import tune_lowerings
-
-            task = progress.add_task(f"timing each layer's lowerings on {args.tune}", total=None)
-            tuning = tune_lowerings(loaded.searched, shapes, args.tune, threads=args.threads,
-                                    tick=lambda text: progress.update(task, description=f"tuning {text}"))
-            choices = tuning.choices
-            progress.update(task, visible=False)
         task = progress.add_task("benchmark", total=planned_ticks(rows, args.warmup, args.iters))
-        report = bench(loaded.searched, shapes, args.backends, args.device, args.warmup, args.iters, args.threads,
-                       args.mode, choices, args.seed, args.with_plain, loaded.model_name,
-                       tick=lambda text: progress.update(task, advance=1, description=text),
-                       precisions=args.precisions, precision_request=request)
+        report = finish_bench(started, tick=lambda text: progress.update(task, advance=1, description=text))
     warn(list(dict.fromkeys(w for section in report.int8.values() for w in section.get("warnings", []))))
-    if args.tune:
-        report.compile["tune"] = args.tune
-        report.compile["tuning"] = tuning.to_json()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

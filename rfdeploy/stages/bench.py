@@ -15,6 +15,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -22,8 +23,10 @@ from torch import nn
 
 from rfdeploy.backends import BACKENDS, Runner, backend, check_backends, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
-from rfdeploy.compiler.pipeline import compile_model, plain_model, run_graph_pipelines, searched_layers
+from rfdeploy.compiler.pipeline import LayoutChooser, plain_model, run_graph_pipelines, searched_layers
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.searched_model import LoadInfo
+from rfdeploy.loader.sources import Loaded
 from rfdeploy.measure.timing import (
     Tick,
     device_name,
@@ -32,8 +35,11 @@ from rfdeploy.measure.timing import (
     torch_settings,
 )
 from rfdeploy.measure.verify import InputSet, Reference, compare_on, finite_db, random_inputs
+from rfdeploy.precision import precision_of
 from rfdeploy.quantize.calibration import CalibrationData
-from rfdeploy.quantize.deploy import PrecisionRequest, calibration_for, deploy
+from rfdeploy.quantize.deploy import PrecisionRequest, deploy
+from rfdeploy.stages.base import Run, Stage, check_stages, run_stages
+from rfdeploy.stages.export import CALIBRATE, COMPILE, LOAD, SHAPES, TUNE, ExportRequest
 from rfdeploy.tuning.layout import choose_layout
 
 VARIANTS = ("searched", "compiled")
@@ -212,6 +218,139 @@ def with_ratios(results: list[BenchResult]) -> str:
     return f"{reference.backend} searched fp32"
 
 
+@dataclass(frozen=True)
+class BenchRequest(ExportRequest):
+    """What ``bench`` was asked for: the export's model options, and where and how to time it."""
+
+    backends: tuple[str, ...] = ("onnxruntime",)
+    precisions: tuple[str, ...] = ("fp32",)
+    device: str = "cpu"
+    warmup: int = 10
+    iters: int = 50
+    with_plain: bool = False
+    random_alphas: int | None = None  # without a checkpoint: draw the alphas with this seed
+    write: bool = False
+
+    @property
+    def tune_precision(self) -> str:
+        return "fp32"
+
+    def layout_chooser(self, example: list[torch.Tensor], progress: Tick) -> LayoutChooser | None:
+        return None  # chosen per backend (``layouts_stage``)
+
+
+def random_alphas_stage(run: Run) -> dict:
+    randomize_alphas(run["loaded"].searched, run.request.random_alphas)
+    return {}
+
+
+def plan_stage(run: Run) -> dict:
+    """The rows to time (backend x variant x precision) and the facts of the run."""
+    request, compiled = run.request, run["compiled"]
+    chosen = variants(run["loaded"].searched, compiled.model, request.with_plain)
+    chosen[1].onnx_model = run["onnx_model"]
+    rows, skipped = plan_rows(list(request.backends), chosen, list(request.precisions))
+    lowerings = {layer.name: layer.lowering for layer in compiled.layers}
+    lowerings |= {involution.name: involution.lowering for involution in compiled.involutions}
+    tuned = {"tune": request.tune, "tuning": run.report["tuning"]} if request.tune else {}
+    return {"rows": rows, "searched_forward": Reference(run["loaded"].searched),
+            "inputs": random_inputs(run["shapes"], request.seed), "device": request.device,
+            "device_name": device_name(request.device), "threads": request.threads,
+            "input_shapes": [list(shape) for shape in run["shapes"]], "warmup": request.warmup, "iters": request.iters,
+            "versions": versions(), "cpu_flags": cpu_flags() if request.device == "cpu" else [], "skipped": skipped,
+            "compile": {"mode": request.mode, "tuned_layers": len(run["choices"] or {}), "lowerings": lowerings}
+            | tuned}
+
+
+def layouts_stage(run: Run) -> dict:
+    """Per ``"BACKEND PRECISION"`` of the compiled rows on ONNX backends (int8 as fp32: its layout is chosen
+    before quantizing), the compiled graph in the layout that ran faster there, as ``export`` chooses it."""
+    request, inputs = run.request, run["inputs"]
+    chosen: dict[str, tuple[onnx.ModelProto, dict]] = {}
+    with torch_settings(request.threads):
+        for row in run["rows"]:
+            precision = precision_of(row.precision).timed_as
+            key = f"{row.backend} {precision}"
+            if row.variant.name == "compiled" and backend(row.backend).runs_onnx and key not in chosen:
+                chosen[key] = choose_layout(run["onnx_model"], row.backend, inputs, precision, request.device,
+                                            request.threads, tick=run.progress)
+    return {"graphs": {key: graph for key, (graph, _) in chosen.items()},
+            "layouts": {key: record for key, (_, record) in chosen.items()}}
+
+
+def quantize_stage(run: Run) -> dict:
+    """Each compiled row's graph: its backend's layout, and at int8 that graph quantized with the choices
+    measured on that backend (each graph quantized once)."""
+    request, graphs = run.request, run["graphs"]
+    int8: dict[str, dict] = {}
+    quantized: dict[int, onnx.ModelProto] = {}
+    for row in run["rows"]:
+        if row.variant.name != "compiled" or not backend(row.backend).runs_onnx:
+            continue
+        graph = graphs[f"{row.backend} {precision_of(row.precision).timed_as}"]
+        if row.precision != "int8":
+            row.onnx_model = graph
+            continue
+        if id(graph) not in quantized:
+            quantized[id(graph)], int8[row.backend] = quantized_for_bench(
+                graph, row.backend, run["searched_forward"], run["shapes"], request.seed, request.lowered,
+                run["calibration"], run.progress)
+        row.onnx_model = quantized[id(graph)]
+    return {"int8": int8}
+
+
+def time_stage(run: Run) -> dict:
+    request, calibration = run.request, run["calibration"]
+    held_out = calibration.held_out if calibration else None
+    with torch_settings(request.threads):
+        results = bench_rows(run["rows"], run["inputs"], run["searched_forward"], held_out, request.device, request.threads,
+                             request.warmup, request.iters, run.progress)
+    return {"results": results, "reference": with_ratios(results)}
+
+
+BENCH_STAGES = check_stages((
+    LOAD, SHAPES,
+    Stage("random_alphas", random_alphas_stage, needs=("loaded",),
+          when=lambda request: request.random_alphas is not None),
+    CALIBRATE, TUNE, COMPILE,
+    Stage("plan", plan_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "choices"),
+          adds=("rows", "searched_forward", "inputs"),
+          report=("device", "device_name", "threads", "input_shapes", "warmup", "iters", "versions", "cpu_flags",
+                  "skipped", "compile")),
+    Stage("layouts", layouts_stage, needs=("rows", "onnx_model", "inputs"), adds=("graphs",), report=("layouts",)),
+    Stage("quantize", quantize_stage, needs=("rows", "graphs", "searched_forward", "shapes", "calibration"),
+          report=("int8",)),
+    Stage("time", time_stage, needs=("rows", "inputs", "searched_forward", "calibration"),
+          report=("results", "reference")),
+))
+FIRST_AFTER_INPUT = 2  # LOAD, SHAPES
+
+
+def start_bench(request: BenchRequest, loaded: Loaded | None = None) -> Run:
+    """The checks, then the stages up to the input shapes (from ``loaded``, where given): a bad input fails here,
+    in one line, before any timing."""
+    check_bench_precisions(list(request.backends), list(request.precisions))
+    check_backends(list(request.backends), request.device)
+    if loaded is None:
+        return run_stages(BENCH_STAGES[:FIRST_AFTER_INPUT], Run(request))
+    return run_stages(BENCH_STAGES[1:FIRST_AFTER_INPUT], Run(request, values={"loaded": loaded}))
+
+
+def finish_bench(run: Run, tick: Tick | None = None) -> BenchReport:
+    """The export's stages up to the compiled graph, then the rows planned, each backend's layout and int8 graph
+    made, and every row timed interleaved."""
+    run.progress = tick or (lambda text: None)
+    report = run_stages(BENCH_STAGES[FIRST_AFTER_INPUT:], run).report
+    fields: dict[str, Any] = {name: report[name] for name in BenchReport.__dataclass_fields__ if name in report}
+    fields |= {"model": run["loaded"].model_name, "searched_layers": len(report["layers"]),
+               "involutions": len(report["involutions"])}
+    return BenchReport(**fields)
+
+
+def run_bench(request: BenchRequest, tick: Tick | None = None) -> BenchReport:
+    return finish_bench(start_bench(request), tick)
+
+
 def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: list[str], device: str = "cpu",
           warmup: int = 10, iters: int = 50, threads: int = 1, mode: str = "auto",
           choices: dict[str, str] | None = None, seed: int = 0, with_plain: bool = False,
@@ -221,58 +360,12 @@ def bench(searched: nn.Module, input_shapes: list[tuple[int, ...]], backends: li
     fp32 and, where it runs them, the compiled model in each lower precision of ``precisions`` (int8
     calibrated as ``precision_request`` says), every row interleaved with every other."""
     precisions = precisions or ["fp32"]
-    check_bench_precisions(backends, precisions)
-    check_backends(backends, device)
-    tick = tick or (lambda text: None)
-    compiled = compile_model(searched, mode, choices=choices, input_shapes=input_shapes)
-    chosen = variants(searched, compiled.model, with_plain)
-    inputs = random_inputs(input_shapes, seed)
-    reference = Reference(searched)
-    report = BenchReport(model_name, device, device_name(device), threads, [list(s) for s in input_shapes],
-                         warmup, iters, versions(), len(compiled.layers), len(compiled.involutions),
-                         cpu_flags=cpu_flags() if device == "cpu" else [])
-    report.compile = {"mode": mode, "tuned_layers": len(choices or {}),
-                      "lowerings": {layer.name: layer.lowering for layer in compiled.layers}
-                      | {involution.name: involution.lowering for involution in compiled.involutions}}
-    rows, report.skipped = plan_rows(backends, chosen, precisions)
-    with torch_settings(threads):
-        compiled_onnx = per_backend_layouts(rows, chosen[1].onnx_for(inputs), inputs, device, threads, tick)
-    report.layouts = {key: record for key, (_, record) in compiled_onnx.items()}
-    request = replace(precision_request or PrecisionRequest("int8"), precision="int8")
-    calibration = None  # read once (images decoded once) for every graph quantized
-    if any(row.precision == "int8" for row in rows):
-        input_names = [value.name for value in chosen[1].onnx_for(inputs).graph.input]
-        calibration = calibration_for(request, input_shapes, seed, input_names)
-    int8_sets = calibration.held_out if calibration else None
-    quantized: dict[int, onnx.ModelProto] = {}  # per compiled graph (by id): its int8 model
-    for row in rows:
-        if row.variant.name != "compiled" or not backend(row.backend).runs_onnx:
-            continue
-        graph = compiled_onnx[f"{row.backend} {'fp32' if row.precision == 'int8' else row.precision}"][0]
-        if row.precision != "int8":
-            row.onnx_model = graph
-            continue
-        if id(graph) not in quantized:
-            quantized[id(graph)], report.int8[row.backend] = quantized_for_bench(
-                graph, row.backend, reference, input_shapes, seed, request, calibration, tick)
-        row.onnx_model = quantized[id(graph)]
-    with torch_settings(threads):
-        report.results = bench_rows(rows, inputs, reference, int8_sets, device, threads, warmup, iters, tick)
-    report.reference = with_ratios(report.results)
-    return report
-
-
-def per_backend_layouts(rows: list[Row], compiled_onnx: onnx.ModelProto, inputs: list[torch.Tensor], device: str,
-                        threads: int, tick: Tick) -> dict[str, tuple[onnx.ModelProto, dict]]:
-    """Per ``"BACKEND PRECISION"`` of the compiled rows on ONNX backends (int8 as fp32: its layout is chosen
-    before quantizing), the compiled graph in the layout that ran faster there, as ``export`` chooses it."""
-    chosen: dict[str, tuple[onnx.ModelProto, dict]] = {}
-    for row in rows:
-        precision = "fp32" if row.precision == "int8" else row.precision
-        key = f"{row.backend} {precision}"
-        if row.variant.name == "compiled" and backend(row.backend).runs_onnx and key not in chosen:
-            chosen[key] = choose_layout(compiled_onnx, row.backend, inputs, precision, device, threads, tick=tick)
-    return chosen
+    int8 = replace(precision_request or PrecisionRequest("int8"), precision="int8") if "int8" in precisions else None
+    request = BenchRequest(input_shapes=input_shapes, mode=mode, seed=seed, choices=choices, precision=int8,
+                           threads=threads, backends=tuple(backends), precisions=tuple(precisions), device=device,
+                           warmup=warmup, iters=iters, with_plain=with_plain)
+    loaded = Loaded(searched, LoadInfo(), model_name, [tuple(shape) for shape in input_shapes])
+    return finish_bench(start_bench(request, loaded), tick)
 
 
 def check_bench_precisions(backends: list[str], precisions: list[str]) -> None:

@@ -18,7 +18,7 @@ from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
-from rfdeploy.compiler.pipeline import LayerReport, compile_model, graph_pass_report
+from rfdeploy.compiler.pipeline import LayerReport, LayoutChooser, compile_model, graph_pass_report
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
@@ -67,6 +67,7 @@ class ExportRequest:
     save_io: Path | None = None
     triton: triton_repository.TritonRequest | None = None
     precision: PrecisionRequest | None = None
+    threads: int | None = None  # for timing (``--tune``); None: the backend's default
 
     @property
     def lowered(self) -> PrecisionRequest | None:
@@ -80,6 +81,17 @@ class ExportRequest:
     @property
     def dynamic(self) -> bool:
         return self.dynamic_batch or self.dynamic_shape
+
+    @property
+    def tune_precision(self) -> str:
+        return self.lowered_to
+
+    def layout_chooser(self, example: list[torch.Tensor], progress: Progress) -> LayoutChooser | None:
+        """The graph's layout, timed where the export will run (``tuning.layout``)."""
+        lowered = self.lowered
+        backend_name, device, precision = layout_target(self.tune, lowered.verify_backends if lowered else (),
+                                                        self.lowered_to)
+        return lambda graph: choose_layout(graph, backend_name, example, precision, device, tick=progress)
 
 
 def checked(request: ExportRequest) -> ExportRequest:
@@ -138,10 +150,10 @@ def tune_stage(run: Run) -> dict:
         return {"choices": request.choices, "tuning_result": None, "tuning": None}
     from rfdeploy.tuning.tune import tune_lowerings
 
-    run.progress(f"timing each layer's lowerings on {request.tune} in {request.lowered_to}")
-    calibration = run["calibration"]
-    tuning = tune_lowerings(run["loaded"].searched, run["shapes"], request.tune,
-                            tick=lambda layer: run.progress(f"tuned {layer}"), precision=request.lowered_to,
+    run.progress(f"timing each layer's lowerings on {request.tune} in {request.tune_precision}")
+    calibration = run["calibration"] if request.tune_precision == "int8" else None
+    tuning = tune_lowerings(run["loaded"].searched, run["shapes"], request.tune, threads=request.threads,
+                            tick=lambda layer: run.progress(f"tuned {layer}"), precision=request.tune_precision,
                             calibration=calibration.calibration if calibration else None)
     return {"choices": {**tuning.choices, **(request.choices or {})}, "tuning_result": tuning, "tuning": tuning.to_json()}
 
@@ -149,17 +161,15 @@ def tune_stage(run: Run) -> dict:
 def compile_stage(run: Run) -> dict:
     """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run."""
     request, shapes = run.request, run["shapes"]
-    lowered = request.lowered
-    backend, device, precision = layout_target(request.tune, lowered.verify_backends if lowered else (),
-                                               request.lowered_to)
     example = random_inputs(shapes, request.seed)
     result = compile_model(
         run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
         export=lambda model: export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape),
-        layout=lambda graph: choose_layout(graph, backend, example, precision, device, tick=run.progress))
+        layout=request.layout_chooser(example, run.progress))
     onnx_model = result.onnx_model
     assert onnx_model is not None
-    run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString()
+    if request.write:
+        run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString()
     return {"compiled": result, "onnx_model": onnx_model, "mode": request.mode, "opset": request.opset,
             "layers": [layer.to_json() for layer in result.layers],
             "involutions": [asdict(involution) for involution in result.involutions],
@@ -266,17 +276,20 @@ def _under_out(*names: str):
     return lambda request: tuple(request.out / name for name in names if name)
 
 
+# The stages ``bench`` runs too.
+LOAD = Stage("load", load_stage, adds=("loaded",), report=("model", "model_recognised", "checkpoint", "structure", "load"),
+             progress="loading")
+SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes"))
+CALIBRATE = Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",))
+TUNE = Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
+             report=("tuning",))
+COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"), adds=("compiled", "onnx_model"),
+                report=("mode", "opset", "layers", "involutions", "folded_batchnorms", "batchnorm_note",
+                        "graph_passes", "layout", "onnx_ops", "onnx", "search_ops_left"),
+                files=_under_out(MODEL_FILE),
+                progress="compiling and exporting ONNX")
 EXPORT_STAGES = check_stages((
-    Stage("load", load_stage, adds=("loaded",),
-          report=("model", "model_recognised", "checkpoint", "structure", "load"), progress="loading"),
-    Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes")),
-    Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",)),
-    Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
-          report=("tuning",)),
-    Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"), adds=("compiled", "onnx_model"),
-          report=("mode", "opset", "layers", "involutions", "folded_batchnorms", "batchnorm_note", "graph_passes",
-                  "layout", "onnx_ops", "onnx", "search_ops_left"),
-          files=_under_out(MODEL_FILE), progress="compiling and exporting ONNX"),
+    LOAD, SHAPES, CALIBRATE, TUNE, COMPILE,
     Stage("verify", verify_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "own_inputs", "other_shapes"),
           adds=("reference", "sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
     Stage("save_io", save_io_stage, needs=("reference", "sets", "other_sets", "onnx_model"), verified=True,
