@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from rfdeploy.backends.base import flat_outputs
+from rfdeploy.compiler.graph_edit import reroute_readers
 from rfdeploy.errors import RFDeployError, first_line
 
 OPSETS = range(9, 24)  # what the TorchScript exporter writes with constant folding and onnx checks (torch 2.13)
@@ -73,11 +74,7 @@ def bypass_identities(graph: gs.Graph) -> None:
     for node in graph.nodes:
         if node.op != "Identity" or node.outputs[0] in graph.outputs:
             continue
-        source, copy = node.inputs[0], node.outputs[0]
-        for consumer in list(copy.outputs):
-            for index, tensor in enumerate(consumer.inputs):
-                if tensor is copy:
-                    consumer.inputs[index] = source
+        reroute_readers(node.outputs[0], node.inputs[0])
         node.outputs.clear()
 
 
@@ -99,11 +96,15 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def value_dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Each dim of a graph input or output: its size where fixed, else its symbol's name, else None."""
+    return [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else (dim.dim_param or None)
+            for dim in value.type.tensor_type.shape.dim]
+
+
 def _tensor_signature(value: onnx.ValueInfoProto) -> dict:
-    tensor = value.type.tensor_type
-    dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-    return {"name": value.name, "dtype": dtype, "shape": dims}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+    return {"name": value.name, "dtype": dtype, "shape": value_dims(value)}
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -191,10 +191,15 @@ def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
 
 def print_engine(built: trt_backend.BuiltEngine, check: Verification, against: str) -> None:
     sidecar = built.sidecar
-    verdict = "[green]PASSED[/green]" if check.passed else "[red]FAILED[/red]"
     console.print(f"TensorRT {sidecar.tensorrt_version} engine on {sidecar.gpu_name} ({sidecar.precision}) vs "
                   f"{against} at {check.input_shapes}: max_abs_err {check.max_abs_err:.3g}, "
-                  f"max_rel_err {check.max_rel_err:.3g} (atol {check.atol:g}, rtol {check.rtol:g}): {verdict}")
+                  f"max_rel_err {check.max_rel_err:.3g} (atol {check.atol:g}, rtol {check.rtol:g}): "
+                  f"{verdict(check.passed)}")
+
+
+def verdict(passed: bool) -> str:
+    """The end of every verification line."""
+    return "[green]PASSED[/green]" if passed else "[red]FAILED[/red]"
 
 
 @contextmanager

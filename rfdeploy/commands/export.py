@@ -26,6 +26,7 @@ from rfdeploy.commands.common import (
     print_tuning,
     status,
     triton_request,
+    verdict,
     warn,
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
@@ -110,10 +111,6 @@ def print_onnx_facts(facts: dict) -> None:
                   f"{listed(facts['outputs'])}")
     if facts["size_note"]:
         console.print(f"note: {facts['size_note']}")
-
-
-def verdict(passed: bool) -> str:
-    return "[green]PASSED[/green]" if passed else "[red]FAILED[/red]"
 
 
 def print_precision(section: dict) -> None:

@@ -9,7 +9,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, print_tuning, status
+from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, print_tuning, status, verdict
 from rfdeploy.compiler.passes.choose_lowering import MODES
 
 
@@ -63,10 +63,9 @@ def print_summary(result: api.OptimizeResult) -> None:
         console.print(f"left alone: {layer['name']}: {layer['reason']}")
     check = report["verification"]
     if "max_abs_err" in check:
-        verdict = "[green]PASSED[/green]" if check["passed"] else "[red]FAILED[/red]"
         console.print(f"verification vs the input graph ({check['backend']}, {check['scope']}, input shapes "
                       f"{check['input_shapes']}): max_abs_err {check['max_abs_err']:.3g}, "
-                      f"max_rel_err {check['max_rel_err']:.3g}: {verdict}")
+                      f"max_rel_err {check['max_rel_err']:.3g}: {verdict(check['passed'])}")
         if "whole_graph_not_run" in check:
             console.print(f"onnxruntime cannot run the whole graph ({check['whole_graph_not_run']})")
     print_tuning(report["tuning"])

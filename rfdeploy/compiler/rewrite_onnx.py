@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from rfdeploy.compiler.emit_onnx import Namer, emit
+from rfdeploy.compiler.graph_edit import GraphEdit
 from rfdeploy.compiler.ir import NotApplicable, to_module
 from rfdeploy.compiler.onnx_match import BatchNormParams, GraphSearchedConv, find_searched_convs
 from rfdeploy.compiler.pipeline import (
@@ -24,7 +25,6 @@ from rfdeploy.compiler.pipeline import (
     run_graph_pipelines,
     run_model_passes,
 )
-from rfdeploy.loader.onnx_graph import import_graph
 
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
@@ -137,7 +137,8 @@ def compile_graph(model: onnx.ModelProto, mode: str = "auto", choices: dict[str,
                   layout: LayoutChooser | None = None) -> GraphCompileResult:
     """Every searched conv of ``model`` lowered in place (``LAYER_PIPELINE``, the BatchNorm after it folded);
     where any was, the graph pipelines too (``run_graph_pipelines``)."""
-    graph = import_graph(model)
+    edit = GraphEdit(model)
+    graph = edit.graph
     taken = {node.name for node in graph.nodes} | set(graph.tensors())
     layers, left_alone, replacements = [], [], []
     for layer in find_searched_convs(graph):
@@ -152,9 +153,7 @@ def compile_graph(model: onnx.ModelProto, mode: str = "auto", choices: dict[str,
         replacements.append(replacement)
         layers.append(_report(layer, lowered, replacement, folded))
     graph.nodes = _reordered(graph.nodes, replacements)
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    rewritten.graph.CopyFrom(gs.export_onnx(graph, do_type_check=False).graph)
+    rewritten = edit.exported()
     if not layers:
         return GraphCompileResult(rewritten, layers, left_alone)
     rewritten, graph_passes, _ = run_graph_pipelines(rewritten, layout)

@@ -13,11 +13,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from rfdeploy.backends.onnx_export import graph_inputs
+from rfdeploy.backends.onnx_export import graph_inputs, value_dims
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.onnx_graph import import_graph
 from rfdeploy.measure.verify import Reference, seeded_inputs, verify
+from rfdeploy.shapes import shape_text, shapes_text
 
 BACKEND = "onnxruntime-cpu"
 Shape = tuple[int, ...]
@@ -25,8 +26,7 @@ Shape = tuple[int, ...]
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     """Each dim's size, or its name (``?`` when unnamed) where it is not fixed."""
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return ["?" if dim is None else dim for dim in value_dims(value)]
 
 
 def input_shapes(model: onnx.ModelProto, given: list[Shape] | None, source: str) -> list[Shape]:
@@ -56,7 +56,7 @@ def input_shapes(model: onnx.ModelProto, given: list[Shape] | None, source: str)
 
 def _check_fits(value: onnx.ValueInfoProto, shape: Shape, source: str) -> None:
     dims = _dims(value)
-    written = ",".join(map(str, shape))
+    written = shape_text(shape)
     if len(dims) != len(shape):
         raise RFDeployError(f"{source}: input '{value.name}' has {len(dims)} dims, --input-shape {written} "
                             f"has {len(shape)}")
@@ -122,8 +122,7 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
     try:
         reference.outputs(seeded_inputs(shapes, seed, trials=1)[0])
     except Exception as error:  # noqa: BLE001
-        written = " ".join(",".join(map(str, shape)) for shape in shapes)
-        raise RFDeployError(f"{source} does not run in onnxruntime on input shape {written}: "
+        raise RFDeployError(f"{source} does not run in onnxruntime on input shape {shapes_text(shapes)}: "
                             f"{first_line(error)}") from None
     check = verify(_runner(rewritten), reference, shapes, atol, rtol, seed)
     return {"scope": "whole graph", **check.to_json()}

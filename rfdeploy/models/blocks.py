@@ -1,6 +1,10 @@
-"""Building blocks shared by the zoo's residual networks (ResNet, Res2Net, HRNet), as mmdet defines them."""
+"""Building blocks shared by the zoo's networks, as OpenMMLab defines them: the residual blocks (ResNet, Res2Net,
+HRNet) and the transformers' initialisation (ConvNeXt, PVT)."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -77,3 +81,30 @@ def make_blocks(block: type[BasicBlock | Bottleneck], in_channels: int, channels
     layers = [block(in_channels, channels, stride, downsample)]
     layers += [block(out_channels, channels) for _ in range(1, num_blocks)]
     return nn.Sequential(*layers)
+
+
+def truncated_normal(module: nn.Linear | nn.Conv2d) -> None:
+    nn.init.trunc_normal_(module.weight, std=0.02)
+
+
+def fan_out_normal(module: nn.Conv2d) -> None:
+    """He-normal by fan-out, as mmcv's ``kaiming_init(mode="fan_out")`` for a conv."""
+    fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+    nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+
+
+def transformer_init(module: nn.Module, conv_init: Callable[[nn.Conv2d], None] = truncated_normal) -> None:
+    """The OpenMMLab transformers' ``init_weights`` without a checkpoint: truncated normal (std 0.02) linears,
+    unit LayerNorms, zero biases, convs by ``conv_init``. For ``nn.Module.apply``."""
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+        return
+    if isinstance(module, nn.Linear):
+        truncated_normal(module)
+    elif isinstance(module, nn.Conv2d):
+        conv_init(module)
+    else:
+        return
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)

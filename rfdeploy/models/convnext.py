@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rfdeploy.models import register
+from rfdeploy.models.blocks import transformer_init
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -94,7 +95,7 @@ class ConvNeXt(nn.Module):
             if i in self.out_indices:
                 self.add_module(f"norm{i}", LayerNorm2d(width, eps=1e-6))
 
-        self.apply(_init_weights)
+        self.apply(transformer_init)  # mmpretrain's default init_cfg
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []
@@ -103,17 +104,6 @@ class ConvNeXt(nn.Module):
             if i in self.out_indices:
                 outs.append(getattr(self, f"norm{i}")(x))
         return tuple(outs)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """mmpretrain's default ``init_cfg``: truncated normal (std 0.02) convs and linears, zero biases."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 @register(input_shape=(1, 3, 224, 224), description="mmpretrain ConvNeXt arch tiny")

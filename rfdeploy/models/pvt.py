@@ -8,13 +8,13 @@ and the mmcv bricks it is made of, so that an mmdet checkpoint and an RF-Next st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from rfdeploy.models import register
+from rfdeploy.models.blocks import fan_out_normal, transformer_init
 
 
 def nlc_to_nchw(x: torch.Tensor, hw_shape: tuple[int, int]) -> torch.Tensor:
@@ -155,7 +155,8 @@ class PyramidVisionTransformerV2(nn.Module):
             self.layers.append(PVTStage(patch_embed, blocks, nn.LayerNorm(dims, eps=eps)))
             in_channels = dims
 
-        self.apply(_init_weights)
+        # mmdet's init_weights; nn.MultiheadAttention keeps its own xavier init of the packed q/k/v projection
+        self.apply(lambda module: transformer_init(module, conv_init=fan_out_normal))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []
@@ -164,25 +165,6 @@ class PyramidVisionTransformerV2(nn.Module):
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """mmdet's ``init_weights`` without a checkpoint: truncated normal linears, He-normal (fan-out) convs.
-
-    ``nn.MultiheadAttention`` keeps its own xavier init of the packed q/k/v projection, as in mmdet.
-    """
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Conv2d):
-        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 @register(input_shape=(1, 3, 224, 224), description="mmdet PyramidVisionTransformerV2 b0")

@@ -22,6 +22,7 @@ from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.io_files import arrays_per_input, read_arrays
 from rfdeploy.measure.verify import InputSet, random_inputs, seeded_inputs
 from rfdeploy.optional import OptionalModule
+from rfdeploy.shapes import shape_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -124,7 +125,7 @@ def _array_samples(path: Path, shapes: list[tuple[int, ...]], input_names: list[
     for name, array, shape in zip(input_names, chosen, shapes):
         if array.dtype.kind not in "fiu" or tuple(array.shape[1:]) != tuple(shape[1:]):
             raise RFDeployError(f"{path}: '{name}' is {array.dtype} of shape {list(array.shape)}; calibration "
-                                f"samples of this input are K,{','.join(map(str, shape[1:]))}")
+                                f"samples of this input are K,{shape_text(shape[1:])}")
         if not np.isfinite(array).all():
             raise RFDeployError(f"{path}: '{name}' holds NaN or infinite values")
     if len({len(array) for array in chosen}) != 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from rfdeploy.backends import backend, make_runner
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
@@ -129,7 +130,7 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
                   for name in request.verify_backends]
         return PrecisionResult(request.precision, target, checks)
     if data is None:
-        data = calibration_for(request, shapes, seed, [value.name for value in compiled_onnx.graph.input])
+        data = calibration_for(request, shapes, seed, [value.name for value in graph_inputs(compiled_onnx)])
     first = request.verify_backends[0]
 
     def snr_of(model: onnx.ModelProto) -> float:

@@ -24,6 +24,7 @@ from pathlib import Path
 import onnx
 from typing_extensions import Self  # a dependency of torch's
 
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet
 
@@ -46,8 +47,7 @@ class Int8Quantizer:
             raise RFDeployError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
         self.method = method
         self.calibration = list(calibration)
-        self.input_names = [value.name for value in model.graph.input
-                            if value.name not in {init.name for init in model.graph.initializer}]
+        self.input_names = [value.name for value in graph_inputs(model)]
         self.workdir = tempfile.TemporaryDirectory(prefix="rfdeploy-int8-")
         self.float_path = Path(self.workdir.name) / "float.onnx"
         onnx.save(model, self.float_path)

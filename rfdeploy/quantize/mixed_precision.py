@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx
 
+from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.measure.verify import InputSet
 from rfdeploy.quantize.int8 import InputReader, Int8Quantizer, quiet_onnxruntime_logging
 
@@ -123,7 +124,7 @@ def _activations(model: onnx.ModelProto, inputs: list[InputSet]) -> dict:
         modify_model_output_intermediate_tensors,
     )
 
-    names = [value.name for value in model.graph.input]
+    names = [value.name for value in graph_inputs(model)]
     with tempfile.TemporaryDirectory(prefix="rfdeploy-sqnr-") as folder, quiet_onnxruntime_logging():
         path, augmented = Path(folder) / "model.onnx", Path(folder) / "all-outputs.onnx"
         onnx.save(model, path)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from rfdeploy.backends.onnx_export import graph_inputs
+from rfdeploy.backends.onnx_export import graph_inputs, value_dims
 from rfdeploy.errors import RFDeployError
 
 Shape = tuple[int, ...]
@@ -42,9 +42,7 @@ def parse_named_shape(text: str) -> NamedShape:
 
 def onnx_inputs(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
     """Each graph input's dims: an int where static, the dim's name (or '?') where dynamic."""
-    return {value.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                              for d in value.type.tensor_type.shape.dim)
-            for value in graph_inputs(model)}
+    return {value.name: tuple("?" if dim is None else dim for dim in value_dims(value)) for value in graph_inputs(model)}
 
 
 def _pick(given: list[NamedShape], name: str, only: bool, flag: str) -> Shape | None:

@@ -39,8 +39,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from rfdeploy.compiler.graph_edit import GraphEdit, default_opset
 from rfdeploy.compiler.onnx_match import constant_of
-from rfdeploy.loader.onnx_graph import import_graph
 
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 LAYOUT_OPS = ("Transpose", "Reshape", "Identity")
@@ -75,10 +75,8 @@ class _Graph:
     """The graph with what the pass asks of it: constants, readers, and static dims on demand."""
 
     def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.graph = import_graph(model)
-        self.outputs = {tensor.name for tensor in self.graph.outputs}
-        self.inputs = {value.name for value in model.graph.input}  # graphsurgeon drops initializers from its inputs
+        self.model, self.edit = model, GraphEdit(model)
+        self.graph, self.outputs, self.inputs = self.edit.graph, self.edit.outputs, self.edit.inputs
         self.read_in_subgraphs = _names_read_in_subgraphs(self.graph)
         self.names = set(self.graph.tensors())
         self._inferred: dict[str, list[int]] | None = None
@@ -355,20 +353,13 @@ def _try_fold(graph: _Graph, mul: gs.Node) -> FoldedScale | None:
 def fold_channel_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[FoldedScale], str | None]:
     """The graph with every foldable scale folded (``model`` itself untouched, and returned as it is when
     nothing folds); what folded; why nothing did, or None."""
-    if _default_opset(model) < 7:
+    if default_opset(model) < 7:
         return model, [], "opset below 7: Mul, Add and Gemm broadcast by attributes there"
     graph = _Graph(model)
     folded = [fold for node in list(graph.graph.nodes) if node.op == "Mul" and (fold := _try_fold(graph, node))]
     if not folded:
         return model, [], "no Mul by a per-channel constant after a Conv, MatMul or Gemm that folds"
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    rewritten.graph.CopyFrom(gs.export_onnx(graph.graph, do_type_check=False).graph)
-    return rewritten, folded, None
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
+    return graph.edit.exported(), folded, None
 
 
 def boundaries_after(boundaries: list[tuple[str, str, str]],

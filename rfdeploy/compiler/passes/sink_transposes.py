@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from rfdeploy.compiler.graph_edit import GraphEdit, reroute_readers, swap
 from rfdeploy.compiler.onnx_match import constant_of
-from rfdeploy.loader.onnx_graph import import_graph
 
 TO_CHANNELS_LAST = [0, 2, 3, 1]
 TO_CHANNELS_FIRST = [0, 3, 1, 2]
@@ -179,18 +179,9 @@ class _Rewriter:
         node.op, node.attrs, node.inputs = ("Add", {}, inputs) if bias is not None else ("Identity", {}, [scaled])
 
 
-def _swap(tensors: list[gs.Tensor], old: gs.Tensor, new: gs.Tensor) -> None:
-    """``old`` replaced by ``new`` in a node's inputs or outputs (graphsurgeon's lists take no slices)."""
-    for index, tensor in enumerate(tensors):
-        if tensor is old:
-            tensors[index] = new
-
-
 def _bypass(transpose: gs.Node) -> None:
     """Readers of the transpose's output read its input instead."""
-    source, result = transpose.inputs[0], transpose.outputs[0]
-    for reader in list(result.outputs):
-        _swap(reader.inputs, result, source)
+    reroute_readers(transpose.outputs[0], transpose.inputs[0])
     transpose.outputs.clear()
     transpose.inputs.clear()
 
@@ -200,7 +191,7 @@ def _exit_bypass(transpose: gs.Node, outputs: set[str]) -> None:
     source, result = transpose.inputs[0], transpose.outputs[0]
     producer = source.inputs[0]
     if len(source.outputs) == 1 and source.name not in outputs:
-        _swap(producer.outputs, source, result)
+        swap(producer.outputs, source, result)
         transpose.outputs.clear()
         transpose.inputs.clear()
     else:
@@ -210,13 +201,11 @@ def _exit_bypass(transpose: gs.Node, outputs: set[str]) -> None:
 def sink_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SunkTranspose], str | None]:
     """The graph with every convertible channels-last stretch made channels-first (``model`` untouched, and
     returned as it is when nothing changes); what changed; why nothing did, or None."""
-    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
-    if opset < 17:
+    edit = GraphEdit(model)
+    if edit.opset < 17:
         return model, [], "opset below 17: no LayerNormalization to recognise"
-    graph = import_graph(model)
-    outputs = {tensor.name for tensor in graph.outputs}
-    # from the model: graphsurgeon drops an initializer that is also a graph input from its inputs
-    rewriter = _Rewriter(graph, opset, {value.name for value in model.graph.input})
+    graph, outputs = edit.graph, edit.outputs
+    rewriter = _Rewriter(graph, edit.opset, edit.inputs)
     sunk = []
     for entry in [n for n in graph.nodes if n.op == "Transpose" and n.attrs.get("perm") == TO_CHANNELS_LAST]:
         if not entry.outputs:
@@ -233,7 +222,5 @@ def sink_transposes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[SunkT
     if not sunk:
         return model, [], "no channels-last stretch between layout transposes that converts"
     graph.cleanup().toposort()
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    rewritten.graph.CopyFrom(gs.export_onnx(graph, do_type_check=False).graph)
+    rewritten = edit.exported()
     return rewritten, sunk, None

@@ -1,0 +1,48 @@
+"""What every pass on an ONNX graph does around its own rewrite: import the model into graphsurgeon, know its
+default-domain opset and its real graph inputs, point readers at another tensor, and export the edited graph into a
+copy of the model (its opsets, metadata and IR version kept)."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from rfdeploy.loader.onnx_graph import import_graph
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the model imports (1 where it names none)."""
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 1)
+
+
+class GraphEdit:
+    """A graphsurgeon copy of ``model`` to rewrite (``model`` itself is never touched)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = import_graph(model)
+        self.opset = default_opset(model)
+        # from the model: graphsurgeon drops an initializer that is also a graph input from its inputs, and a
+        # caller may feed such an input, so it is no constant
+        self.inputs = {value.name for value in model.graph.input}
+        self.outputs = {tensor.name for tensor in self.graph.outputs}
+
+    def exported(self) -> onnx.ModelProto:
+        """The edited graph in a copy of the model."""
+        rewritten = onnx.ModelProto()
+        rewritten.CopyFrom(self.model)
+        rewritten.graph.CopyFrom(gs.export_onnx(self.graph, do_type_check=False).graph)
+        return rewritten
+
+
+def swap(tensors: list[gs.Tensor], old: gs.Tensor, new: gs.Tensor) -> None:
+    """``old`` replaced by ``new`` in a node's inputs or outputs (graphsurgeon's lists take no slices)."""
+    for index, tensor in enumerate(tensors):
+        if tensor is old:
+            tensors[index] = new
+
+
+def reroute_readers(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node that reads ``old`` reads ``new`` instead."""
+    for reader in list(old.outputs):
+        swap(reader.inputs, old, new)
