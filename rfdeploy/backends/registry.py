@@ -1,7 +1,8 @@
 """The backends rfdeploy runs models on: one entry each.
 
-An entry says where the backend runs, whether it runs the exported ONNX model or the torch module,
-and where its runner factory and its install check live (``"module:function"``, imported only when
+An entry says where the backend runs, whether it runs the exported ONNX model or the torch module, at which
+precisions, what artifact it builds to run a model (a TensorRT engine), and where its runner factory and its
+install check live (``"module:function"``, imported only when
 the backend is used, so that a missing optional package costs nothing until it is asked for).
 
 A factory is ``(model, device, threads, precision) -> Runner``, the model being an ``onnx.ModelProto``
@@ -36,6 +37,7 @@ class Backend:
     factory: str  # "module:function" making a runner
     check: str | None = None  # "module:function" raising the install hint where the backend is missing
     precisions: tuple[str, ...] = ("fp32",)  # the number formats it runs, fp32 first
+    builds: str = ""  # the artifact it builds from the ONNX model to run it, written beside it by an export
 
     @property
     def cuda_only(self) -> bool:
@@ -84,7 +86,8 @@ BACKENDS = {backend.name: backend for backend in (
     Backend("onnxruntime-trt", "onnxruntime's TensorRT execution provider (onnxruntime-gpu)", ("cuda",), True,
             f"{_HERE}.onnxruntime_backend:runner_with_tensorrt", f"{_HERE}.onnxruntime_backend:check_with_tensorrt"),
     Backend("tensorrt", "a TensorRT engine built with the TensorRT Python API", ("cuda",), True,
-            f"{_HERE}.tensorrt.runner:engine_runner", f"{_HERE}.tensorrt.runner:check", ("fp32", "fp16", "int8")),
+            f"{_HERE}.tensorrt.runner:engine_runner", f"{_HERE}.tensorrt.runner:check", ("fp32", "fp16", "int8"),
+            builds="model.engine"),
 )}
 
 

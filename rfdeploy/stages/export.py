@@ -40,7 +40,7 @@ from rfdeploy.stages.outputs import Outputs
 from rfdeploy.tuning.layout import choose_layout, layout_target
 
 Shape = tuple[int, ...]
-MODEL_FILE, ENGINE_FILE = "model.onnx", "model.engine"
+MODEL_FILE, ENGINE_FILE = "model.onnx", backend("tensorrt").builds
 
 
 @dataclass(frozen=True)
