@@ -12,7 +12,8 @@ from torch import nn
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.compiler.pipeline import compile_model
-from rfdeploy.loader.sources import Loaded, load
+from rfdeploy.loader import sources
+from rfdeploy.loader.sources import Loaded, model_source
 from rfdeploy.quantize.deploy import PrecisionRequest
 from rfdeploy.serve import triton as triton_repository
 from rfdeploy.stages.export import ExportRequest, ExportResult, input_shapes_for, run_export
@@ -22,10 +23,16 @@ __all__ = ["ExportResult", "Loaded", "OptimizeResult", "compile", "export", "inp
            "receptive_field_report"]
 
 
+def load(model: str | nn.Module | None = None, ckpt=None, structure=None, config: str | Path | None = None) -> Loaded:
+    """The searched model from a source (a zoo name, ``package.module:callable``, ``file.py:callable``, an
+    ``nn.Module``, or an OpenMMLab ``config``), a checkpoint and a structure file (see ``loader.sources.load``)."""
+    return sources.load(model_source(model, config), ckpt, structure)
+
+
 def compile(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
-            fold_bn: bool = True, choices: dict[str, str] | None = None) -> nn.Module:
+            fold_bn: bool = True, choices: dict[str, str] | None = None, config: str | Path | None = None) -> nn.Module:
     """The compiled plain-conv model (no search op left), as a torch module."""
-    return compile_model(load(model, ckpt, structure).searched, mode, fold_bn, choices).model
+    return compile_model(load(model, ckpt, structure, config).searched, mode, fold_bn, choices).model
 
 
 def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode: str = "auto",
@@ -35,7 +42,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            tune: str | None = None, engine: trt_backend.EngineRequest | None = None, dynamic_shape: bool = False,
            inputs: str | Path | None = None, save_io: str | Path | None = None,
            triton: triton_repository.TritonRequest | None = None,
-           precision: PrecisionRequest | None = None) -> ExportResult:
+           precision: PrecisionRequest | None = None, config: str | Path | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
@@ -47,14 +54,15 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     ``dynamic_shape`` makes batch and spatial dims symbolic (``dynamic_batch``: the batch only); a dynamic
     export is verified at a second shape too (``verification.other_shapes``). ``inputs`` (an .npz) adds the
     user's own data to the seeded random inputs; ``save_io`` writes every input used and the searched
-    model's outputs on it (when verification passes).
+    model's outputs on it (when verification passes). ``config`` (an OpenMMLab config) names the model, its search
+    and its input size instead of ``model``.
 
     With ``precision`` (int8, bf16, fp16), the verified fp32 model is also deployed at that precision and
     checked by SNR against the searched forward (report key ``precision``; int8 writes ``model.int8.onnx``,
     and a TensorRT engine is built at that precision, from the int8 model for int8).
     """
     request = ExportRequest(
-        model, ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape, Path(out), atol, rtol, seed,
+        model_source(model, config), ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape, Path(out), atol, rtol, seed,
         choices, write, tune, engine, None if inputs is None else Path(inputs),
         None if save_io is None else Path(save_io), triton, precision)
     return run_export(request, progress)

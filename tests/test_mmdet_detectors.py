@@ -135,3 +135,71 @@ def test_cli_exports_a_searched_detector_from_its_checkpoint_and_structure(tmp_p
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["load"]["skipped_entries"] == [] and len(report["layers"]) > len(moved) > 0
     assert_onnx_equals(tmp_path / "out" / "model.onnx", model)
+
+
+# ---------------------------------------------------------------- --config: the files an RF-Next user holds
+
+def write_config(path, structure=None, hook_mode="fixed_multi_branch", model="retinanet", scope="mmdet") -> None:
+    """An mmdet config as RF-Next's are written: the model, the test pipeline, the search hook."""
+    hooks = [] if structure is None else [dict(type="RFSearchHook", mode=hook_mode, rfstructure_file=str(structure),
+                                               verbose=True, by_epoch=True, config=dict(search=SEARCH))]
+    model_cfg = dict(CONFIGS[model], data_preprocessor=dict(type="DetDataPreprocessor", pad_size_divisor=32))
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=(90, 60), keep_ratio=True),
+                dict(type="PackDetInputs")]
+    path.write_text(f"default_scope = {scope!r}\nmodel = {model_cfg!r}\ntest_pipeline = {pipeline!r}\n"
+                    f"custom_hooks = {hooks!r}\n")
+
+
+@pytest.fixture(scope="module")
+def searched_files(tmp_path_factory):
+    """A RetinaNet searched by mmcv's hook one step, saved as mmengine saves it, and its structure file."""
+    root = tmp_path_factory.mktemp("config")
+    hook = RFSearchHook("search", {"search": copy.deepcopy(SEARCH)}, verbose=False)
+    model = searched("retinanet", hook)
+    hook.step(model, str(root))
+    draw_alphas(model, seed=2)
+    ckpt = root / "epoch_1.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": model.state_dict()}, ckpt)
+    return root, model, ckpt, root / "local_search_config_step1.json"
+
+
+def test_cli_exports_a_detector_from_its_config_checkpoint_and_the_hooks_structure(searched_files, tmp_path, capsys):
+    _, model, ckpt, structure = searched_files
+    config = tmp_path / "retinanet_rfsearch.py"
+    write_config(config, structure)
+
+    code = cli.main(["export", "--config", str(config), "--ckpt", str(ckpt), "--out", str(tmp_path / "out")])
+
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["structure"] == str(structure)  # named by the hook, not given
+    assert report["verification"]["input_shapes"] == [list(SHAPE)]  # the test Resize (90, 60), padded to 32
+    assert any("RFSearchHook mode fixed_multi_branch" in note for note in report["load"]["notes"])
+    assert len(report["layers"]) == len(json.loads(structure.read_text())["structure"])
+    assert_onnx_equals(tmp_path / "out" / "model.onnx", model)
+
+
+def test_a_config_without_the_search_hook_is_a_plain_model_and_says_so(tmp_path):
+    config = tmp_path / "plain.py"
+    write_config(config)
+    loaded = api.load(config=config)
+    assert not any(isinstance(m, Conv2dRFSearchOp) for m in loaded.searched.modules())
+    assert any("no RFSearchHook" in note for note in loaded.info.notes)
+    assert loaded.input_shapes == [SHAPE]
+
+
+@pytest.mark.parametrize(("write", "named"), [
+    (lambda path: write_config(path, path.parent / "missing.json"), "missing.json does not exist"),
+    (lambda path: path.write_text("default_scope = 'mmdet'\nmodel = dict(type='NoSuchDetector')\n"),
+     "cfg.model does not build"),
+    (lambda path: write_config(path, scope="mmseg"), "pip install mmsegmentation"),
+    (lambda path: path.write_text("model = dict(\n"), "cannot be read"),
+])
+def test_a_bad_config_is_one_line_naming_it(tmp_path, capsys, write, named):
+    config = tmp_path / "bad_config.py"
+    write(config)
+    code = cli.main(["export", "--config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("rfdeploy: error:"), err
+    assert named in err and "bad_config.py" in err
+    assert not (tmp_path / "out").exists()

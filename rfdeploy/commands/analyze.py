@@ -16,7 +16,7 @@ from torch import nn
 
 from rfdeploy.analysis import RFReport, analyze
 from rfdeploy.artifacts import check_output_file
-from rfdeploy.commands.common import MODEL_HELP, console, parse_size, warn
+from rfdeploy.commands.common import CONFIG_HELP, MODEL_HELP, console, parse_size, warn
 from rfdeploy.errors import RFDeployError
 
 STATUS_STYLE = {"productive": "green", "border": "bold dark_orange", "unproductive": "bold red", "global": "blue"}
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("analyze", help="receptive field of every layer; unproductive layers at an input size",
                                    description=__doc__)
     parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--config", metavar="CFG.py", help=CONFIG_HELP)
     parser.add_argument("--ckpt", help="searched checkpoint; rates come from it and the structure file "
                                        "(default: none, the structure file's rates alone)")
     parser.add_argument("--structure", help="structure JSON from the search: its rates alone are enough, no weights "
@@ -42,8 +43,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.model is None and args.ckpt is None:
-        raise RFDeployError("--model is needed (a zoo name or package.module:callable) unless --ckpt is given")
+    if args.model is None and args.config is None and args.ckpt is None:
+        raise RFDeployError("--model is needed (a zoo name or package.module:callable; or an OpenMMLab --config) "
+                            "unless --ckpt is given")
     for drawing in (args.graph, args.plot):
         if drawing:
             check_output_file(drawing)
@@ -77,15 +79,17 @@ def run(args: argparse.Namespace) -> int:
 def _load(args) -> tuple[str, nn.Module, nn.Module | None, dict | None, tuple[int, ...] | None, list[str]]:
     """``(name, plain model, searched model or None, searched rates or None, default input shape, warnings)``."""
     from rfdeploy.loader.searched_model import structure_rates
-    from rfdeploy.loader.sources import architecture, load
+    from rfdeploy.loader.sources import architecture, load, model_source, structure_of
 
+    source = model_source(args.model, args.config)
     if args.ckpt is not None:
-        loaded = load(args.model, args.ckpt, args.structure)
-        plain = architecture(args.model or loaded.model_name)
+        loaded = load(source, args.ckpt, args.structure)
+        plain = architecture(source or loaded.model_name)
         return loaded.model_name, plain.module, loaded.searched, None, plain.input_shape, loaded.info.warnings
-    plain = architecture(args.model)
-    rates = structure_rates(plain.module, args.structure) if args.structure else None
-    return args.model, plain.module, None, rates, plain.input_shape, []
+    plain = architecture(source)
+    structure = structure_of(plain, args.structure)
+    rates = structure_rates(plain.module, structure) if structure else None
+    return plain.name, plain.module, None, rates, plain.input_shape, []
 
 
 def _input_size(given: tuple[int, ...] | None, default_shape, model: nn.Module) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.sources import model_source
 from rfdeploy.precision import parse_precisions
 from rfdeploy.quantize.calibration import require_calibration
 from rfdeploy.stages.bench import (
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         require_calibration(request.calib)
     int8 = request if "int8" in args.precisions else None
     bench_request = BenchRequest(
-        args.model, args.ckpt, args.structure, args.mode, args.input_shapes, seed=args.seed, tune=args.tune,
+        model_source(args.model, args.config), args.ckpt, args.structure, args.mode, args.input_shapes, seed=args.seed, tune=args.tune,
         precision=int8, threads=args.threads, backends=tuple(args.backends), precisions=tuple(args.precisions),
         device=args.device, warmup=args.warmup, iters=args.iters, with_plain=args.with_plain,
         random_alphas=args.random_alphas)

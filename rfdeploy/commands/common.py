@@ -85,8 +85,14 @@ MODEL_HELP = (f"the plain architecture the search started from: {MODEL_FORMS} re
               "(default: recognised from the checkpoint when it holds a zoo architecture)")
 
 
+CONFIG_HELP = ("an OpenMMLab config (mmdet, mmseg, mmpretrain) instead of --model: cfg.model built in its "
+               "default_scope, the search its RFSearchHook entry names (--structure overrides its rfstructure_file), "
+               "the test pipeline's input size (default: none)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=MODEL_HELP)
+    parser.add_argument("--config", metavar="CFG.py", help=CONFIG_HELP)
     parser.add_argument("--ckpt", help="searched checkpoint: mmengine .pth, bare state dict, or .safetensors "
                                        "(default: none, and a zoo model's weights are random)")
     parser.add_argument("--structure", help="structure JSON from the search: mmcv RFSearchHook, research, or G2L "
@@ -269,5 +275,5 @@ def triton_request(args: argparse.Namespace) -> triton_repository.TritonRequest 
         return None
     name = args.triton_name
     if name is None:
-        name = triton_repository.default_name(str(args.model or "model"))
+        name = triton_repository.default_name(str(args.model or (args.config and Path(args.config).stem) or "model"))
     return triton_request_of(args, args.triton, name)

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
-                            save_io=args.save_io, triton=triton, precision=precision)
+                            save_io=args.save_io, triton=triton, precision=precision, config=args.config)
     warn(result.report["load"]["warnings"] + result.report.get("precision", {}).get("warnings", []))
     if args.json:
         print(json.dumps(result.report, indent=2))

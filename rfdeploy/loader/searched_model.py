@@ -278,9 +278,9 @@ def _load_remaining(model: nn.Module, local: StateDict, replaced: set[str], path
         info.notes.append(f"{len(unused)} checkpoint tensor(s) fit no layer, e.g. '{unused[0]}'")
 
 
-def structure_rates(model: nn.Module, structure_path: str | Path) -> dict[str, list[tuple[int, ...]]]:
+def structure_rates(model: nn.Module, structure: str | Path | Structure) -> dict[str, list[tuple[int, ...]]]:
     """The searched branch rates per model conv name, from a structure file alone."""
-    structure = load_structure(structure_path)
+    structure = structure if isinstance(structure, Structure) else load_structure(structure)
     info = LoadInfo()
     entries = match_structure(structure, model, info)
     convs = _conv_names(model)

@@ -2,7 +2,8 @@
 
 A source ``matches`` what the user gave (``--model``'s text, a module object, a path) and ``load``s the plain
 architecture the search started from, with its name and default input shape. The forms, first match wins:
-an ``nn.Module`` in memory, an ONNX file (a graph: ``rfdeploy optimize`` lowers it), ``path/to/file.py:callable``,
+an ``nn.Module`` in memory, an OpenMMLab config (``--config``, ``loader.openmmlab``: it names its search too), an
+ONNX file (a graph: ``rfdeploy optimize`` lowers it), ``path/to/file.py:callable``,
 ``package.module:callable``, and a zoo name. A model that already holds its search ops (mmcv's
 ``RFSearchHook.init_model``, ``RFConv2d``, G2L) is read in place by ``load``, whatever its source.
 """
@@ -33,6 +34,7 @@ from rfdeploy.loader.checkpoint import (
 )
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.involution import involution_layers
+from rfdeploy.loader.openmmlab import ConfigFile, build_from_config
 from rfdeploy.loader.provenance import note_provenance, weights_origin
 from rfdeploy.loader.searched_model import LoadInfo, build_searched
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
@@ -42,11 +44,15 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Architecture:
-    """The plain architecture a source gives: the module, its name, its default input shape."""
+    """The plain architecture a source gives: the module, its name, its default input shape; and where the source
+    names a search (an OpenMMLab config's ``RFSearchHook``), its structure and where it came from."""
 
     module: nn.Module
     name: str
     input_shape: Shape | None
+    structure: dict | None = None
+    structure_name: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,13 @@ def _built(spec: str, attribute: str, imported: Callable[[], object]) -> Archite
     return Architecture(model.eval(), spec, getattr(model, "default_input_shape", None))
 
 
+def _from_config(given: object) -> Architecture:
+    assert isinstance(given, ConfigFile)
+    built = build_from_config(given.path)
+    return Architecture(built.module, given.path.stem, built.input_shape, built.structure, built.structure_path,
+                        built.notes)
+
+
 def _from_zoo(given: object) -> Architecture:
     name = str(given)
     entry = models.get(name)
@@ -123,6 +136,7 @@ def _from_zoo(given: object) -> Architecture:
 
 SOURCES = (
     Source("module", "an nn.Module (Python API)", lambda given: isinstance(given, nn.Module), _in_memory),
+    Source("config", "an OpenMMLab config (--config)", lambda given: isinstance(given, ConfigFile), _from_config),
     Source("onnx", "an ONNX file (rfdeploy optimize)",
            lambda given: isinstance(given, (str, Path)) and str(given).lower().endswith(".onnx"), _onnx_graph),
     Source("file", "path/to/file.py:callable", lambda given: _is_spec(given) and str(given).rpartition(":")[0]
@@ -130,7 +144,7 @@ SOURCES = (
     Source("callable", "package.module:callable", _is_spec, _from_module),
     Source("zoo", "a zoo name (rfdeploy models)", lambda given: isinstance(given, str), _from_zoo),
 )
-MODEL_FORMS = ", ".join(source.form for source in SOURCES[2:])
+MODEL_FORMS = ", ".join(source.form for source in SOURCES if source.name in ("file", "callable", "zoo"))
 
 
 def source_of(given: object) -> Source:
@@ -138,6 +152,20 @@ def source_of(given: object) -> Source:
         if source.matches(given):
             return source
     raise RFDeployError(f"model must be {MODEL_FORMS} or an nn.Module, not {given!r}")
+
+
+def model_source(model: object, config: str | Path | None) -> object:
+    """What ``--model`` or ``--config`` names (one of them, or neither: recognised from the checkpoint)."""
+    if config is None:
+        return model
+    if model is not None:
+        raise RFDeployError("--model and --config both name the model: give one")
+    return ConfigFile(Path(config))
+
+
+def structure_of(plain: Architecture, structure: str | Path | Mapping | None) -> Structure | None:
+    """The structure given, else the one the source names."""
+    return _structure(structure if structure is not None else plain.structure, plain.structure_name)
 
 
 def architecture(given: object) -> Architecture:
@@ -192,9 +220,10 @@ class Loaded:
     model_name: str
     input_shapes: list[Shape] | None
     recognised: bool = False
+    structure_name: str | None = None  # the structure file, given or named by the source
 
 
-def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None = None,
+def load(model: object = None, ckpt: str | Path | Mapping | None = None,
          structure: str | Path | Mapping | None = None) -> Loaded:
     """The searched model from a source (``SOURCES``), a checkpoint and a structure file.
 
@@ -203,7 +232,6 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
     file's data (a dict), instead of paths. Without ``model``, the zoo architecture the checkpoint fits.
     """
     state, progress = _checkpoint(ckpt)
-    parsed = _structure(structure)
     ckpt_name = source_name(ckpt, "state dict")
     recognised = model is None
     if recognised:
@@ -211,14 +239,17 @@ def load(model: str | nn.Module | None = None, ckpt: str | Path | Mapping | None
             raise RFDeployError("--model is needed when no checkpoint is given")
         model = recognise.zoo_model_of(state, ckpt_name)
     plain = architecture(model)
+    parsed = structure_of(plain, structure)
+    structure_name = source_name(structure, "structure dict") if structure is not None else plain.structure_name
     shapes = [tuple(plain.input_shape)] if plain.input_shape else None
     if search_ops(plain.module):
-        searched, info = _adopt(plain.module, plain.name, state is not None or parsed is not None)
+        searched, info = _adopt(plain.module, plain.name, state is not None or structure is not None)
         return Loaded(searched, info, plain.name, shapes, recognised)
     searched, info = build_searched(plain.module, parsed, state, ckpt_name)
+    info.notes.extend(plain.notes)
     note_provenance(info, weights_origin(model, state is not None), parsed, progress, ckpt_name,
                     len(involution_layers(searched)))
-    return Loaded(searched, info, plain.name, shapes, recognised)
+    return Loaded(searched, info, plain.name, shapes, recognised, structure_name)
 
 
 def source_name(source, kind: str) -> str:
@@ -226,11 +257,11 @@ def source_name(source, kind: str) -> str:
     return f"<{kind}>" if isinstance(source, Mapping) else str(source)
 
 
-def _structure(structure: str | Path | Mapping | None) -> Structure | None:
+def _structure(structure: str | Path | Mapping | None, name: str | None = None) -> Structure | None:
     if structure is None:
         return None
     if isinstance(structure, Mapping):
-        return parse_structure(dict(structure))
+        return parse_structure(dict(structure), name or "<structure dict>")
     if not isinstance(structure, (str, Path)):
         raise RFDeployError(f"structure must be a path or a structure dict, not {type(structure).__name__}")
     return load_structure(structure)

@@ -117,7 +117,7 @@ def load_stage(run: Run) -> dict:
     loaded = load(request.model, request.ckpt, request.structure)
     return {"loaded": loaded, "model": loaded.model_name, "model_recognised": loaded.recognised,
             "checkpoint": None if request.ckpt is None else source_name(request.ckpt, "state dict"),
-            "structure": None if request.structure is None else source_name(request.structure, "structure dict"),
+            "structure": loaded.structure_name,
             "load": asdict(loaded.info)}
 
 
