@@ -15,8 +15,12 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # mmdet 3.3 needs mmcv < 2.2: real detectors are tested with mmcv-lite 2.1.0 and mmdet (pure Python, with their
 # few extra dependencies) in an overlay that a second pytest run puts in front of the venv's mmcv-lite 2.2.
 MMDET := .mmdet
+# mmdeploy 1.3.1 (--config --mmdeploy) goes there too, with its few needs; --no-deps, as its protobuf<=3.20.2 pin
+# is not needed to export.
 MMDET_PACKAGES := mmdet==3.3.0 mmcv-lite==2.1.0 pycocotools==2.0.11 terminaltables==3.1.10 shapely==2.2.0 \
-                  scipy==1.17.1 six==1.17.0 tqdm==4.70.1
+                  scipy==1.17.1 six==1.17.0 tqdm==4.70.1 \
+                  mmdeploy==1.3.1 aenum==3.1.17 grpcio==1.85.3 multiprocess==0.70.19 dill==0.4.1 \
+                  prettytable==3.19.0 wcwidth==0.9.4
 
 .PHONY: demo test lint typecheck clean torch-cpu torch-cuda
 

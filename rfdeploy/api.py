@@ -16,6 +16,7 @@ from rfdeploy.loader import sources
 from rfdeploy.loader.sources import Loaded, model_source
 from rfdeploy.quantize.deploy import PrecisionRequest
 from rfdeploy.serve import triton as triton_repository
+from rfdeploy.serve.mmdeploy import MmdeployRequest
 from rfdeploy.stages.export import ExportRequest, ExportResult, input_shapes_for, run_export
 from rfdeploy.stages.optimize import OptimizeRequest, OptimizeResult, run_optimize
 
@@ -42,7 +43,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            tune: str | None = None, engine: trt_backend.EngineRequest | None = None, dynamic_shape: bool = False,
            inputs: str | Path | None = None, save_io: str | Path | None = None,
            triton: triton_repository.TritonRequest | None = None,
-           precision: PrecisionRequest | None = None, config: str | Path | None = None) -> ExportResult:
+           precision: PrecisionRequest | None = None, config: str | Path | None = None,
+           mmdeploy: str | Path | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
@@ -55,7 +57,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     export is verified at a second shape too (``verification.other_shapes``). ``inputs`` (an .npz) adds the
     user's own data to the seeded random inputs; ``save_io`` writes every input used and the searched
     model's outputs on it (when verification passes). ``config`` (an OpenMMLab config) names the model, its search
-    and its input size instead of ``model``.
+    and its input size instead of ``model``; with it, ``mmdeploy`` (a deploy config) also writes mmdeploy's end2end
+    model of the compiled model and its SDK files, verified against the searched model (report key ``mmdeploy``).
 
     With ``precision`` (int8, bf16, fp16), the verified fp32 model is also deployed at that precision and
     checked by SNR against the searched forward (report key ``precision``; int8 writes ``model.int8.onnx``,
@@ -64,7 +67,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     request = ExportRequest(
         model_source(model, config), ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape, Path(out), atol, rtol, seed,
         choices, write, tune, engine, None if inputs is None else Path(inputs),
-        None if save_io is None else Path(save_io), triton, precision)
+        None if save_io is None else Path(save_io), triton, precision,
+        None if mmdeploy is None else MmdeployRequest(Path(mmdeploy)))
     return run_export(request, progress)
 
 

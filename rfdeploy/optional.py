@@ -13,8 +13,11 @@ so that type checkers see the real module and nothing is imported until an attri
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -58,3 +61,20 @@ class OptionalModule:
         if attribute.startswith("_"):  # our own fields before __init__ set them (copy, pickle), dunders
             raise AttributeError(attribute)
         return getattr(self.require(), attribute)
+
+
+@contextlib.contextmanager
+def prints_to_stderr() -> Iterator[None]:
+    """What optional packages print (mmengine's logger, onnxruntime's calibrators) goes to stderr while they run:
+    stdout holds ``--json`` output alone. At the file descriptor, so that a handler that took ``sys.stdout``
+    before, or a C library, is redirected too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

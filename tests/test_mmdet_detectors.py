@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -202,4 +206,84 @@ def test_a_bad_config_is_one_line_naming_it(tmp_path, capsys, write, named):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("rfdeploy: error:"), err
     assert named in err and "bad_config.py" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- --mmdeploy: mmdeploy's end2end model, search kept
+
+DEPLOY_ORT = dict(
+    onnx_config=dict(type="onnx", export_params=True, keep_initializers_as_inputs=False, opset_version=11,
+                     save_file="end2end.onnx", input_names=["input"], output_names=["dets", "labels"],
+                     input_shape=None, optimize=True),
+    codebase_config=dict(type="mmdet", task="ObjectDetection", model_type="end2end",
+                         post_processing=dict(score_threshold=0.05, confidence_threshold=0.005, iou_threshold=0.5,
+                                              max_output_boxes_per_class=200, pre_top_k=5000, keep_top_k=100,
+                                              background_label_id=-1)),
+    backend_config=dict(type="onnxruntime"))
+TEST_CFG = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5),
+                max_per_img=100)
+
+
+def write_full_config(path, structure) -> None:
+    """A config as mmdeploy needs it: the test pipeline with its image loading and packing, the head's test_cfg."""
+    write_config(path, structure)
+    text = path.read_text().replace("'type': 'RetinaNet'", f"'type': 'RetinaNet', 'test_cfg': {TEST_CFG!r}")
+    text = text.replace("'pad_size_divisor': 32", "'pad_size_divisor': 32, 'mean': [123.675, 116.28, 103.53], "
+                                                   "'std': [58.395, 57.12, 57.375], 'bgr_to_rgb': True")
+    path.write_text(text + "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n")
+
+
+def test_mmdeploy_exports_the_compiled_detector_end2end_equal_to_the_searched_one(searched_files, tmp_path):
+    from mmdeploy.apis import build_task_processor
+    from mmdeploy.core import RewriterContext, patch_model
+    from mmdeploy.utils import IR
+    from mmengine.config import Config
+
+    _, _, ckpt, structure = searched_files
+    config, deploy = tmp_path / "retinanet_rfsearch.py", tmp_path / "detection_onnxruntime_static.py"
+    write_full_config(config, structure)
+    deploy.write_text("".join(f"{key} = {value!r}\n" for key, value in DEPLOY_ORT.items()))
+    out = tmp_path / "out"
+
+    # a process of its own, as a user runs it (with the stand-in for mmcv's compiled ops), so that its stdout is real
+    argv = ["export", "--config", str(config), "--ckpt", str(ckpt), "--mmdeploy", str(deploy), "--out", str(out),
+            "--json"]
+    program = f"import mmcv_ext_stand_in; mmcv_ext_stand_in.install(); from rfdeploy import cli; exit(cli.main({argv!r}))"
+    paths = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=paths), check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mmdeploy"]["passed"]  # mmengine's and mmdeploy's logs went to stderr
+    assert {"end2end.onnx", "deploy.json", "pipeline.json", "detail.json"} <= {p.name for p in out.iterdir()}
+    check = json.loads((out / "report.json").read_text())["mmdeploy"]
+    assert check["passed"] and check["unmatched"] == 0 and check["rows"] > 0
+    # independently of rfdeploy's check: the searched detector as mmcv's hook builds it, through mmdeploy's own
+    # rewritten forward in PyTorch, against end2end.onnx in onnxruntime
+    model_cfg, deploy_cfg = Config.fromfile(str(config)), Config.fromfile(str(deploy))
+    searched_model = api.load(config=config, ckpt=ckpt).searched
+    processor = build_task_processor(model_cfg, deploy_cfg, "cpu")
+    image = np.random.default_rng(7).integers(0, 256, (SHAPE[2], SHAPE[3], 3), dtype=np.uint8)
+    data, tensor = processor.create_input(image, None, searched_model.data_preprocessor)
+    patched = patch_model(copy.deepcopy(searched_model), cfg=deploy_cfg, backend="onnxruntime", ir=IR.ONNX)
+    with RewriterContext(cfg=deploy_cfg, backend="onnxruntime", ir=IR.ONNX, opset=11), torch.no_grad():
+        dets, labels = patched(tensor, data_samples=data["data_samples"], mode="predict")
+    got_dets, got_labels = ort.InferenceSession(str(out / "end2end.onnx")).run(None, {"input": tensor.numpy()})
+    strong = dets[0, :, 4] > 0.1  # clear of the score cut-off
+    assert strong.any()
+    for row, label in zip(dets[0][strong].numpy(), labels[0][strong].numpy()):
+        same = (got_labels[0] == label) & (np.abs(got_dets[0] - row).max(axis=1) < 1e-3)
+        assert same.any(), (row, label)
+
+
+def test_mmdeploy_with_a_deploy_config_of_another_codebase_is_one_line(searched_files, tmp_path, capsys):
+    _, _, ckpt, structure = searched_files
+    config, deploy = tmp_path / "retinanet_rfsearch.py", tmp_path / "segmentation.py"
+    write_full_config(config, structure)
+    other = dict(DEPLOY_ORT, codebase_config=dict(type="mmseg", task="Segmentation"))
+    deploy.write_text("".join(f"{key} = {value!r}\n" for key, value in other.items()))
+    code = cli.main(["export", "--config", str(config), "--ckpt", str(ckpt), "--mmdeploy", str(deploy),
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is for codebase mmseg" in err, err
     assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ are the declared files, written on success only, and an export owns its folder's
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import textwrap
@@ -200,4 +201,22 @@ def test_each_precision_is_one_record_and_the_registry_says_where_it_runs():
         assert entry.why
         assert set(entry.verified_on) <= {name for name, b in BACKENDS.items() if entry.name in b.precisions}
     assert [name for name, entry in FORMATS.items() if entry.artifact] == ["int8"]
-    assert set(OWNED_FILES) == {"model.onnx", "model.int8.onnx", "model.engine", "model.engine.json"}
+    assert set(OWNED_FILES) == {"model.onnx", "model.int8.onnx", "model.engine", "model.engine.json", "end2end.onnx",
+                                "deploy.json", "pipeline.json", "detail.json"}
+
+
+# ---------------------------------------------------------------- --mmdeploy: refused before any work
+
+def test_mmdeploy_needs_a_config_and_mmdeploy_itself(files, capsys):
+    deploy = files.root / "deploy.py"
+    deploy.write_text("codebase_config = dict(type='mmdet')\n")
+    code, err = run_main(files.args() + ["--mmdeploy", str(deploy)], capsys)
+    assert_one_line_error(code, err, "--mmdeploy needs --config")
+    config = files.root / "cfg.py"
+    config.write_text("default_scope = 'mmdet'\nmodel = dict(type='RetinaNet')\n")
+    code, err = run_main(["export", "--config", str(config), "--mmdeploy", str(deploy), "--out", str(files.out)],
+                         capsys)
+    pytest.importorskip("mmengine")
+    if importlib.util.find_spec("mmdeploy") is None:  # the first pass; the mmdet pass has it
+        assert_one_line_error(code, err, "pip install --no-deps mmdeploy==1.3.1")
+    assert not files.out.exists()

@@ -71,6 +71,10 @@ def add_parser(subparsers) -> None:
                              "onnxruntime, at a lower --precision instead of its default (onnxruntime for int8, "
                              "openvino for bf16; fp16 is checked as the TensorRT engine)")
     add_triton_arguments(parser)
+    parser.add_argument("--mmdeploy", metavar="DEPLOY_CFG.py",
+                        help="with --config: also export the compiled model through mmdeploy with this deploy config "
+                             "(its rewriters and post-processing) to DIR/end2end.onnx with its SDK files, verified "
+                             "against the searched model's post-processed output (default: none)")
     parser.set_defaults(run=run)
 
 
@@ -93,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
-                            save_io=args.save_io, triton=triton, precision=precision, config=args.config)
+                            save_io=args.save_io, triton=triton, precision=precision, config=args.config,
+                            mmdeploy=args.mmdeploy)
     warn(result.report["load"]["warnings"] + result.report.get("precision", {}).get("warnings", []))
     if args.json:
         print(json.dumps(result.report, indent=2))

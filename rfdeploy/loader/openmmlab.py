@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.optional import prints_to_stderr
 
 SEARCH_HOOK = "RFSearchHook"
 # default_scope -> the package that registers it, as pip names it
@@ -38,6 +39,7 @@ class ConfigModel:
     structure_path: str | None
     input_shape: tuple[int, ...] | None
     notes: tuple[str, ...]
+    config: Any  # the mmengine Config it came from
 
 
 def read_config(path: Path):
@@ -55,6 +57,11 @@ def read_config(path: Path):
 
 
 def build_from_config(path: Path) -> ConfigModel:
+    with prints_to_stderr():  # mmengine's logger writes to stdout
+        return _build_from_config(path)
+
+
+def _build_from_config(path: Path) -> ConfigModel:
     cfg = read_config(path)
     scope = cfg.get("default_scope")
     if scope not in SCOPES:
@@ -73,7 +80,7 @@ def build_from_config(path: Path) -> ConfigModel:
         structure = _hook_structure(path, hook)
         notes.append(f"search from config {path.name}: {SEARCH_HOOK} mode {hook.get('mode', 'search')}, "
                      f"structure {structure_path}")
-    return ConfigModel(module, scope, structure, structure_path, test_input_shape(cfg), tuple(notes))
+    return ConfigModel(module, scope, structure, structure_path, test_input_shape(cfg), tuple(notes), cfg)
 
 
 def _build(path: Path, scope: str, model_cfg) -> Any:

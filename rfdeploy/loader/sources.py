@@ -53,6 +53,7 @@ class Architecture:
     structure: dict | None = None
     structure_name: str | None = None
     notes: tuple[str, ...] = ()
+    config: object = None  # an OpenMMLab config's mmengine Config
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _from_config(given: object) -> Architecture:
     assert isinstance(given, ConfigFile)
     built = build_from_config(given.path)
     return Architecture(built.module, given.path.stem, built.input_shape, built.structure, built.structure_path,
-                        built.notes)
+                        built.notes, built.config)
 
 
 def _from_zoo(given: object) -> Architecture:
@@ -221,6 +222,7 @@ class Loaded:
     input_shapes: list[Shape] | None
     recognised: bool = False
     structure_name: str | None = None  # the structure file, given or named by the source
+    config: object = None  # the OpenMMLab config the model was built from
 
 
 def load(model: object = None, ckpt: str | Path | Mapping | None = None,
@@ -249,7 +251,7 @@ def load(model: object = None, ckpt: str | Path | Mapping | None = None,
     info.notes.extend(plain.notes)
     note_provenance(info, weights_origin(model, state is not None), parsed, progress, ckpt_name,
                     len(involution_layers(searched)))
-    return Loaded(searched, info, plain.name, shapes, recognised, structure_name)
+    return Loaded(searched, info, plain.name, shapes, recognised, structure_name, plain.config)
 
 
 def source_name(source, kind: str) -> str:

@@ -20,6 +20,7 @@ from rfdeploy.backends.onnxruntime_backend import OrtRunner
 from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import LayerReport, LayoutChooser, compile_model, graph_pass_report
 from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.loader.openmmlab import ConfigFile, read_config
 from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
@@ -34,6 +35,7 @@ from rfdeploy.quantize.deploy import (
     deploy,
 )
 from rfdeploy.serve import triton as triton_repository
+from rfdeploy.serve.mmdeploy import END2END, SDK_FILES, MmdeployRequest, check_deploy_config, end2end
 from rfdeploy.shapes import shapes_text
 from rfdeploy.stages.base import Progress, Run, Stage, check_stages, run_stages
 from rfdeploy.stages.outputs import Outputs
@@ -67,6 +69,7 @@ class ExportRequest:
     save_io: Path | None = None
     triton: triton_repository.TritonRequest | None = None
     precision: PrecisionRequest | None = None
+    mmdeploy: MmdeployRequest | None = None
     threads: int | None = None  # for timing (``--tune``); None: the backend's default
 
     @property
@@ -104,6 +107,12 @@ def checked(request: ExportRequest) -> ExportRequest:
         parse_target(request.tune, request.lowered_to)
     if request.precision is not None:
         check_request(request.precision, request.engine is not None)
+    if request.mmdeploy is not None:
+        if not isinstance(request.model, ConfigFile):
+            raise RFDeployError("--mmdeploy needs --config: mmdeploy builds its inputs and post-processing from the "
+                                "model's config")
+        scope = read_config(request.model.path).get("default_scope")
+        check_deploy_config(request.mmdeploy.deploy_config, scope)
     engine = request.engine
     if request.lowered is not None and engine is not None and request.lowered_to in backend("tensorrt").precisions:
         engine = replace(engine, options=replace(engine.options, precision=request.lowered_to))
@@ -263,6 +272,19 @@ def tensorrt_stage(run: Run) -> dict:
     return {"engine": engine, "tensorrt": {"sidecar": engine.sidecar.to_json(), "verification": check.to_json()}}
 
 
+def mmdeploy_stage(run: Run) -> dict:
+    """mmdeploy's end2end model of the compiled model and its SDK files, verified against the searched model's
+    post-processed output (``serve.mmdeploy``)."""
+    request, loaded = run.request, run["loaded"]
+    deploy_cfg = check_deploy_config(request.mmdeploy.deploy_config, loaded.config.get("default_scope"))
+    files, check = end2end(run["compiled"].model, loaded.searched, loaded.config, deploy_cfg, run["shapes"][0],
+                           request.seed, None if request.ckpt is None else str(request.ckpt))
+    run.files.update({request.out / name: data for name, data in files.items()})
+    run.passed = run.passed and check["passed"] is not False
+    run.report["verification"]["passed"] = run.passed
+    return {"mmdeploy": check}
+
+
 def triton_stage(run: Run) -> dict:
     deployed: PrecisionResult | None = run.values.get("deployed")
     int8 = deployed.model if deployed is not None else None
@@ -305,12 +327,15 @@ EXPORT_STAGES = check_stages((
           report=("tensorrt",), verified=True, when=lambda request: request.engine is not None,
           files=_under_out(ENGINE_FILE, ENGINE_FILE + trt_backend.SIDECAR_SUFFIX),
           progress="building and verifying the TensorRT engine (minutes for a large model)"),
+    Stage("mmdeploy", mmdeploy_stage, needs=("loaded", "compiled", "shapes"), report=("mmdeploy",), verified=True,
+          when=lambda request: request.mmdeploy is not None, files=_under_out(END2END, *SDK_FILES),
+          progress="exporting the end2end model with mmdeploy and verifying it"),
     Stage("triton", triton_stage, needs=("onnx_model", "tuning_result"), adds=("triton_plan",), report=("triton",), verified=True,
           when=lambda request: request.triton is not None, progress="planning the Triton repository"),
 ))
 # Every artifact name an export can write in its folder: it owns them, and removes those this run does not write.
 OWNED_FILES = (MODEL_FILE, *(entry.artifact for entry in FORMATS.values() if entry.artifact), ENGINE_FILE,
-               ENGINE_FILE + trt_backend.SIDECAR_SUFFIX)
+               ENGINE_FILE + trt_backend.SIDECAR_SUFFIX, END2END, *SDK_FILES)
 
 
 @dataclass
