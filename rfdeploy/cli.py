@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -50,6 +51,31 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"rfdeploy: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Unrecognized arguments are named by the command they were given to, with its nearest option."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = command_parsers(self).get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{nearest_options(command, extras)}")
+        return parsed
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def nearest_options(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """``; did you mean --input-shape?`` for ``--input_shape``: each unknown option's nearest of ``parser``'s."""
+    options = [option for action in parser._actions for option in action.option_strings]
+    guesses = []
+    for extra in extras:
+        if extra.startswith("--"):
+            written = extra.split("=", 1)[0]
+            close = difflib.get_close_matches(written.replace("_", "-"), options, n=1, cutoff=0.7)
+            guesses += [f"{close[0]} for {written}"] if close else []
+    return f"; did you mean {', '.join(guesses)}?" if guesses else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

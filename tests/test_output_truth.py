@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cli_util import run_entry
+import pytest
+from cli_util import SHAPE, Files, assert_one_line_error, run_entry, run_main
 
 
 def test_models_table_is_the_commands_output_on_stdout(tmp_path):
@@ -23,3 +24,23 @@ def test_models_json_into_a_pipe_closed_early_ends_normally(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["{", '  "models": [']
     assert run.stderr == ""
+
+
+@pytest.fixture
+def files(tmp_path):
+    return Files(tmp_path)
+
+
+def test_a_mistyped_option_is_named_with_the_commands_nearest_option(files, capsys):
+    argv = files.args(shape=None) + ["--input_shape", SHAPE]
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert_one_line_error(code, err, "--input_shape", "did you mean --input-shape", "rfdeploy export --help")
+
+
+def test_swapped_checkpoint_and_structure_say_which_file_is_which(files, capsys):
+    code, err = run_main(files.args(ckpt=files.structure, structure=files.ckpt), capsys)
+    assert_one_line_error(code, err, str(files.structure), "looks like a structure file")
+    argv = ["analyze", "--model", "resnet50", "--structure", str(files.ckpt), "--input-size", "32"]
+    code, err = run_main(argv, capsys)
+    assert_one_line_error(code, err, str(files.ckpt), "looks like a checkpoint")

@@ -20,7 +20,7 @@ import torch
 from torch import _weights_only_unpickler
 
 from rfdeploy.errors import RFDeployError, first_line
-from rfdeploy.loader.input_file import regular_file
+from rfdeploy.loader.input_file import looks_like, regular_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -144,6 +144,9 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, TrainingProgress]:
             warnings.simplefilter("ignore")
             payload = _read(path)
     except Exception as error:  # noqa: BLE001  # corrupt bytes reach torch, zipfile and pickle in many ways
+        if looks_like(path) == "structure file":
+            raise RFDeployError(f"{path}: not a checkpoint, it looks like a structure file (JSON); give it to "
+                                f"--structure and the .pth to --ckpt") from None
         detail = first_line(error).split(". ")[0]
         raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
     return state_dict_of(payload, path), progress_of(payload)
