@@ -44,3 +44,9 @@ def test_swapped_checkpoint_and_structure_say_which_file_is_which(files, capsys)
     argv = ["analyze", "--model", "resnet50", "--structure", str(files.ckpt), "--input-size", "32"]
     code, err = run_main(argv, capsys)
     assert_one_line_error(code, err, str(files.ckpt), "looks like a checkpoint")
+
+
+def test_dynamic_batch_and_dynamic_shape_are_alternatives(files, capsys):
+    code, err = run_main(files.args() + ["--dynamic-batch", "--dynamic-shape"], capsys)
+    assert_one_line_error(code, err, "--dynamic-shape", "--dynamic-batch")
+    assert not files.out.exists()

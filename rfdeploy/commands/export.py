@@ -41,8 +41,9 @@ def add_parser(subparsers) -> None:
                              "single (one merged conv where exact)")
     parser.add_argument("--opset", type=number(int, OPSETS.start, OPSETS.stop - 1), default=17,
                         help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1}")
-    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
-    parser.add_argument("--dynamic-shape", action="store_true",
+    dynamic = parser.add_mutually_exclusive_group()  # --dynamic-shape makes the batch dynamic too
+    dynamic.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    dynamic.add_argument("--dynamic-shape", action="store_true",
                         help="export with dynamic batch, height and width (length for 1-D); verified at the export "
                              "shape and at a second batch and size")
     parser.add_argument("--inputs", metavar="FILE.npz",
