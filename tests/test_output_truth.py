@@ -8,6 +8,10 @@ import sys
 
 import pytest
 from cli_util import SHAPE, Files, assert_one_line_error, run_entry, run_main
+from test_tensorrt import has_tensorrt
+
+from rfdeploy import cli
+from rfdeploy.cli import command_parsers
 
 
 def test_models_table_is_the_commands_output_on_stdout(tmp_path):
@@ -50,3 +54,16 @@ def test_dynamic_batch_and_dynamic_shape_are_alternatives(files, capsys):
     code, err = run_main(files.args() + ["--dynamic-batch", "--dynamic-shape"], capsys)
     assert_one_line_error(code, err, "--dynamic-shape", "--dynamic-batch")
     assert not files.out.exists()
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here")
+def test_tune_on_tensorrt_without_tensorrt_says_tensorrt_is_missing(files, capsys):
+    code, err = run_main(files.args() + ["--tune", "tensorrt"], capsys)
+    assert_one_line_error(code, err, "--tune tensorrt", "TensorRT")
+    assert "--device" not in err  # export has no --device
+
+
+def test_export_help_lists_every_tunable_backend():
+    text = " ".join(command_parsers(cli.build_parser())["export"].format_help().split())
+    for name in ("torch", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt"):
+        assert f"{name}," in text or f"{name};" in text, name

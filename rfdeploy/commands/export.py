@@ -8,7 +8,7 @@ import json
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.backends import parse_backends
+from rfdeploy.backends import BACKENDS, parse_backends
 from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands.common import (
@@ -30,6 +30,7 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
+from rfdeploy.tuning.tune import UNTUNABLE
 
 
 def add_parser(subparsers) -> None:
@@ -58,8 +59,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
-                        help="choose each layer's lowering by timing the candidates on this backend "
-                             "(torch, onnxruntime, onnxruntime-trt, tensorrt; e.g. onnxruntime or torch:cuda); "
+                        help=f"choose each layer's lowering by timing the candidates on this backend "
+                             f"({', '.join(name for name in BACKENDS if name not in UNTUNABLE)}; e.g. onnxruntime or "
+                             f"torch:cuda); "
                              "timings go in the report (default: the cost model of --mode)")
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
