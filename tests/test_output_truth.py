@@ -3,10 +3,12 @@ else, names and counts say what the model is, and the messages name what went wr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 from cli_util import SHAPE, Files, assert_one_line_error, run_entry, run_main
 from test_tensorrt import has_tensorrt
 
@@ -31,7 +33,8 @@ def test_models_json_into_a_pipe_closed_early_ends_normally(tmp_path):
 
 
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, monkeypatch) -> Files:
+    monkeypatch.syspath_prepend(str(tmp_path))  # the tiny model's module
     return Files(tmp_path)
 
 
@@ -67,3 +70,11 @@ def test_export_help_lists_every_tunable_backend():
     text = " ".join(command_parsers(cli.build_parser())["export"].format_help().split())
     for name in ("torch", "onnxruntime", "openvino", "onnxruntime-trt", "tensorrt"):
         assert f"{name}," in text or f"{name};" in text, name
+
+
+def test_a_non_string_checkpoint_key_is_counted_with_the_tensors_that_fit_no_layer(files, capsys):
+    ckpt = files.checkpoint("odd.pth", {**files.state, "stray.weight": torch.zeros(1), 7: torch.zeros(1)})
+    code, _ = run_main(files.args(ckpt=ckpt) + ["--json"], capsys)
+    assert code == 0
+    notes = json.loads((files.out / "report.json").read_text())["load"]["notes"]
+    assert any(note.startswith("2 checkpoint tensor(s) fit no layer") for note in notes), notes

@@ -93,14 +93,20 @@ def state_dict_of(payload, path: Path) -> StateDict:
                 break
     if not isinstance(payload, dict) or not payload:
         raise RFDeployError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
-    tensors = {k: v for k, v in payload.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
+    tensors = {key_name(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not any(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
         raise RFDeployError(f"{path}: holds no tensors under string names")
     for key, tensor in tensors.items():
         if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
             kind = "quantized" if tensor.is_quantized else "complex" if tensor.is_complex() else str(tensor.layout)
             raise RFDeployError(f"{path}: '{key}' is a {kind} tensor; rfdeploy takes dense real weights")
     return tensors
+
+
+def key_name(key) -> str:
+    """A state dict key as a name: a non-string key (``7``) becomes one no layer can have (``<int key 7>``),
+    so that it is counted with the other tensors that fit no layer, not dropped unseen."""
+    return key if isinstance(key, str) else f"<{type(key).__name__} key {key!r}>"
 
 
 @dataclass(frozen=True)
