@@ -78,3 +78,10 @@ def test_a_non_string_checkpoint_key_is_counted_with_the_tensors_that_fit_no_lay
     assert code == 0
     notes = json.loads((files.out / "report.json").read_text())["load"]["notes"]
     assert any(note.startswith("2 checkpoint tensor(s) fit no layer") for note in notes), notes
+
+
+def test_a_dynamic_exports_signature_is_printed_with_its_symbols(files, capsys):
+    code, err = run_main(files.args() + ["--dynamic-shape"], capsys)
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("model.onnx:"))
+    assert "inputs input float32 [batch, 3, height, width]; outputs output float32 [batch, 4, " in line, line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.markup import escape
 from rich.table import Table
 
 from rfdeploy import api
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_onnx_facts(facts: dict) -> None:
     def listed(tensors: list[dict]) -> str:
-        return ", ".join(f"{t['name']} {t['dtype']} [{', '.join(map(str, t['shape']))}]" for t in tensors)
+        return escape(", ".join(f"{t['name']} {t['dtype']} [{', '.join(map(str, t['shape']))}]" for t in tensors))
 
     console.print(f"model.onnx: {facts['file_bytes'] / 1e6:.1f} MB; inputs {listed(facts['inputs'])}; outputs "
                   f"{listed(facts['outputs'])}")
