@@ -16,9 +16,10 @@ quantization builds int8 engines from.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import onnx
@@ -122,11 +123,13 @@ class InputReader:
 @contextmanager
 def quiet_onnxruntime_logging() -> Iterator[None]:
     """onnxruntime's quantizer logs a pre-processing hint on the root logger at every call; rfdeploy's
-    graph is already shape-complete and folded."""
+    graph is already shape-complete and folded. Its calibrators print progress (``Collecting tensor data and
+    making histogram ...``): to stderr, as stdout holds ``--json`` output alone."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         root.setLevel(level)
