@@ -94,3 +94,26 @@ def test_json_stdout_is_json_alone_with_a_histogram_calibrator(files, method):
     run = run_entry(argv, cwd=files.root)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["precision"]["calibration"]["calibration_sets"] == 2
+
+
+TWO_INPUTS = """
+import torch
+from torch import nn
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+"""
+
+
+def test_analyze_refuses_a_two_input_model_by_saying_so(tmp_path, capsys):
+    (tmp_path / "two.py").write_text(TWO_INPUTS)
+    code, err = run_main(["analyze", "--model", f"{tmp_path / 'two.py'}:Two", "--input-size", "12"], capsys)
+    assert_one_line_error(code, err, "Two", "2 inputs", "single-input models")
+    assert "StopIteration" not in err
