@@ -117,3 +117,18 @@ def test_analyze_refuses_a_two_input_model_by_saying_so(tmp_path, capsys):
     code, err = run_main(["analyze", "--model", f"{tmp_path / 'two.py'}:Two", "--input-size", "12"], capsys)
     assert_one_line_error(code, err, "Two", "2 inputs", "single-input models")
     assert "StopIteration" not in err
+
+
+def test_a_checkpoint_without_alphas_is_said_to_be_read_as_fixed_single_branch(files, capsys):
+    plain = {key.replace("op_layer.", ""): tensor for key, tensor in files.state.items() if "branch_weights" not in key}
+    ckpt = files.checkpoint("unsearched.pth", plain)
+    code, err = run_main(files.args(ckpt=ckpt), capsys)
+    assert code == 0, err
+    report = json.loads((files.out / "report.json").read_text())
+    assert report["load"]["searched"] == [] and report["load"]["single_branch"] == ["conv2"]
+    assert report["load"]["checkpoint_format"] == "fixed_single_branch"
+    warning = next(w for w in report["load"]["warnings"] if "fixed_single_branch" in w)
+    assert "no alphas" in warning and str(ckpt) in warning
+    assert f"rfdeploy: warning: {warning}" in err.splitlines()
+    assert "searched layer(s)" not in err
+    assert "1 fixed_single_branch layer(s)" in err
