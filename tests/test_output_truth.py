@@ -132,3 +132,18 @@ def test_a_checkpoint_without_alphas_is_said_to_be_read_as_fixed_single_branch(f
     assert f"rfdeploy: warning: {warning}" in err.splitlines()
     assert "searched layer(s)" not in err
     assert "1 fixed_single_branch layer(s)" in err
+
+
+def test_int8_that_meets_its_snr_only_in_fp32_fails_and_says_how_much_is_int8(files, capsys):
+    argv = files.args() + ["--precision", "int8", "--calib", "random", "--calib-count", "2", "--min-snr", "80",
+                           "--int8-ops", "all"]
+    code, err = run_main(argv, capsys)
+    assert code == 1, err
+    assert not (files.out / "model.int8.onnx").exists()
+    section = json.loads((files.out / "failed-report.json").read_text())["precision"]
+    assert not section["passed"] and not section["mixed_precision"]["met"]
+    share = section["int8_share"]
+    assert 0 < share["int8_nodes"] <= share["compute_nodes"]
+    assert section["quantized_nodes"] > 0
+    assert f"{share['int8_nodes']} of {share['compute_nodes']} Conv/MatMul/Gemm nodes in int8" in err
+    assert "not reached" in err and "PASSED" not in err.split("int8:")[-1]

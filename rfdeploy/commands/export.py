@@ -123,11 +123,15 @@ def verdict(passed: bool) -> str:
 def print_precision(section: dict) -> None:
     calibration = section["calibration"]
     if calibration:
+        share = section["int8_share"]
+        in_int8 = f"{share['int8_nodes']} of {share['compute_nodes']} {'/'.join(share['op_types'])} nodes in int8"
         console.print(f"int8: calibrated on {calibration['calibration_sets']} batch(es) of {calibration['source']}, "
-                      f"{section['quantized_nodes']} QuantizeLinear nodes; verified on held-out "
+                      f"{section['quantized_nodes']} QuantizeLinear nodes, {in_int8}; verified on held-out "
                       f"{', '.join(calibration['held_out_sets'])}")
+        if share["int8_nodes"] == 0:
+            console.print("[red]int8: nothing computes in int8, so this is no int8 model[/red]")
     mixed = section["mixed_precision"]
-    if mixed and mixed["kept_fp32_nodes"]:
+    if mixed and (mixed["kept_fp32_nodes"] or not mixed["met"]):
         console.print(f"mixed precision: {len(mixed['kept_fp32_tensors'])} tensor(s) kept in fp32 "
                       f"({len(mixed['kept_fp32_nodes'])} nodes, listed in the report) to reach --min-snr "
                       f"{section['min_snr_db']:g} dB" + ("" if mixed["met"] else ": [red]not reached[/red]"))

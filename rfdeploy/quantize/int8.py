@@ -97,6 +97,14 @@ def quantized_nodes(model: onnx.ModelProto) -> int:
     return sum(node.op_type == "QuantizeLinear" for node in model.graph.node)
 
 
+def int8_compute(model: onnx.ModelProto) -> tuple[int, int]:
+    """How many of the model's Conv/MatMul/Gemm nodes compute in int8 (read a DequantizeLinear's output), and
+    how many there are: mixed precision can keep every one in fp32, leaving QDQ pairs that quantize nothing."""
+    dequantized = {name for node in model.graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    compute = [node for node in model.graph.node if node.op_type in QUANTIZED_OPS]
+    return sum(any(name in dequantized for name in node.input) for node in compute), len(compute)
+
+
 class InputReader:
     """onnxruntime's ``CalibrationDataReader`` protocol over input sets; ``rewind`` lets it read them again."""
 
