@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import onnx
 import pytest
 import torch
 from cli_util import SHAPE, Files, assert_one_line_error, run_entry, run_main
@@ -147,3 +148,52 @@ def test_int8_that_meets_its_snr_only_in_fp32_fails_and_says_how_much_is_int8(fi
     assert section["quantized_nodes"] > 0
     assert f"{share['int8_nodes']} of {share['compute_nodes']} Conv/MatMul/Gemm nodes in int8" in err
     assert "not reached" in err and "PASSED" not in err.split("int8:")[-1]
+
+
+HEADS = """
+from collections import namedtuple
+
+import torch
+from torch import nn
+
+Pair = namedtuple("Pair", ["score", "box"])
+
+
+class Heads(nn.Module):
+    def __init__(self, named_tuple=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.cls = nn.Conv2d(4, 2, 1)
+        self.reg = nn.Conv2d(4, 4, 1)
+        self.named_tuple = named_tuple
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        if self.named_tuple:
+            return Pair(self.cls(x), self.reg(x))
+        return {"cls": self.cls(x), "reg": self.reg(x)}
+
+
+def as_dict():
+    return Heads().eval()
+
+
+def as_named_tuple():
+    return Heads(named_tuple=True).eval()
+"""
+
+
+@pytest.mark.parametrize(("factory", "names"), [("as_dict", ["cls", "reg"]), ("as_named_tuple", ["score", "box"])])
+def test_output_names_are_the_dicts_keys_or_the_named_tuples_fields(tmp_path, capsys, factory, names):
+    (tmp_path / "heads.py").write_text(HEADS)
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    argv = ["export", "--model", f"{tmp_path / 'heads.py'}:{factory}", "--input-shape", "1,3,8,8", "--out", str(out),
+            "--dynamic-batch", "--triton", str(repo), "--triton-name", "heads"]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert [value.name for value in onnx.load(out / "model.onnx").graph.output] == names
+    report = json.loads((out / "report.json").read_text())
+    assert [tensor["name"] for tensor in report["onnx"]["outputs"]] == names
+    config = (repo / "heads" / "config.pbtxt").read_text()
+    assert all(f'name: "{name}"' in config for name in names), config
