@@ -10,7 +10,7 @@ import sys
 import onnx
 import pytest
 import torch
-from cli_util import SHAPE, Files, assert_one_line_error, run_entry, run_main
+from cli_util import MODEL, SHAPE, Files, assert_one_line_error, run_entry, run_main
 from test_tensorrt import has_tensorrt
 
 from rfdeploy import cli
@@ -197,3 +197,22 @@ def test_output_names_are_the_dicts_keys_or_the_named_tuples_fields(tmp_path, ca
     assert [tensor["name"] for tensor in report["onnx"]["outputs"]] == names
     config = (repo / "heads" / "config.pbtxt").read_text()
     assert all(f'name: "{name}"' in config for name in names), config
+
+
+def analyze_json(argv: list[str], capsys) -> dict:
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_analyze_describes_the_same_searched_model_with_or_without_the_checkpoint(files, capsys):
+    base = ["analyze", "--model", MODEL, "--input-size", "12", "--json"]
+    plain = analyze_json(base, capsys)
+    structure_only = analyze_json(base + ["--structure", str(files.structure)], capsys)
+    with_ckpt = analyze_json(base + ["--structure", str(files.structure), "--ckpt", str(files.ckpt)], capsys)
+    ops_and_flops = [{layer["name"]: (layer["op"], layer["flops"]) for layer in report["layers"]}
+                     for report in (structure_only, with_ckpt)]
+    assert ops_and_flops[0] == ops_and_flops[1]
+    one_branch = next(layer["flops"] for layer in plain["layers"] if layer["name"] == "conv2")
+    assert ops_and_flops[0]["conv2"] == ("SearchedConv", 3 * one_branch)  # d=1, 2, 3: every branch runs
+    assert structure_only["analysed"] == with_ckpt["analysed"]
+    assert with_ckpt["analysed"].startswith("the searched model") and plain["analysed"].startswith("the plain")

@@ -109,9 +109,19 @@ def _conv_dims(model: nn.Module) -> int | None:
     return None
 
 
+SEARCHED_MODEL = ("the searched model as trained: each searched conv runs every branch, and its FLOPs count them "
+                  "all (the exported model's lowering may merge them)")
+PLAIN_MODEL = "the plain network, before search"
+
+
+def analysed(after: RFReport | None) -> str:
+    """Which model the figures describe: the same one with or without --ckpt."""
+    return SEARCHED_MODEL if after is not None else PLAIN_MODEL
+
+
 def as_json(name: str, before: RFReport, after: RFReport | None) -> dict:
     """The judged analysis (after search where there is one) with what the search changed."""
-    data = {"model": name, "searched": after is not None, **(after or before).to_json()}
+    data = {"model": name, "searched": after is not None, "analysed": analysed(after), **(after or before).to_json()}
     if after is not None:
         plain_rf = {layer.name: list(layer.rf) for layer in before.layers}
         for layer in data["layers"]:
@@ -161,6 +171,7 @@ def print_report(name: str, before: RFReport, after: RFReport | None) -> None:
         row.append(f"[{STATUS_STYLE[label]}]{label}[/]")
         table.add_row(*row)
     console.print(table)
+    console.print(f"analysed: {analysed(after)}")
     _print_summary(console, before, after)
 
 
