@@ -216,3 +216,36 @@ def test_analyze_describes_the_same_searched_model_with_or_without_the_checkpoin
     assert ops_and_flops[0]["conv2"] == ("SearchedConv", 3 * one_branch)  # d=1, 2, 3: every branch runs
     assert structure_only["analysed"] == with_ckpt["analysed"]
     assert with_ckpt["analysed"].startswith("the searched model") and plain["analysed"].startswith("the plain")
+
+
+def receptive_field_line(err: str) -> str:
+    return next(line for line in err.splitlines() if line.startswith("receptive field"))
+
+
+def test_unproductive_layers_are_said_to_hold_at_the_export_size(files, capsys):
+    code, err = run_main(files.args(shape="1,3,2,2"), capsys)
+    assert code == 0, err
+    line = receptive_field_line(err)
+    assert line.startswith("receptive field 9x9 at input 2x2; border layer conv1 ")
+    assert "at this input size 1 layer(s)" in line and "whole 2x2 image" in line
+    assert "A property of 2x2, not of the network" in line
+
+
+CONV1D = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv1d(4, 4, 3, padding=1)).eval()
+"""
+
+
+def test_a_1d_models_input_is_a_sequence_not_an_image(tmp_path, capsys):
+    (tmp_path / "seq.py").write_text(CONV1D)
+    argv = ["export", "--model", f"{tmp_path / 'seq.py'}:build", "--input-shape", "1,3,2", "--out", str(tmp_path / "o")]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    line = receptive_field_line(err)
+    assert "whole 2 sequence" in line and "image" not in line

@@ -188,7 +188,10 @@ def _print_summary(console: Console, before: RFReport, after: RFReport | None) -
     else:
         console.print(f"border layer: none (no layer's receptive field exceeds {size})")
     count = len(report.unproductive)
-    console.print(f"unproductive layers: [bold{' red' if count else ''}]{count}[/] of {len(report.layers)}, "
+    console.print(f"unproductive layers at {size}: [bold{' red' if count else ''}]{count}[/] of {len(report.layers)}, "
                   f"{report.unproductive_flops_share:.1%} of {report.total_flops / 1e9:,.2f} GFLOPs")
+    if count:
+        console.print(f"unproductive is a property of the input size {size}, not of the network: at the size it "
+                      f"was trained at these layers may still add context")
     for note in report.notes:
         console.print(f"note: {note}")

@@ -160,6 +160,22 @@ def print_involutions(involutions: list[dict]) -> None:
     console.print(table)
 
 
+def receptive_field_line(field: dict) -> str:
+    """The receptive field at the export's input size; the border layer and the unproductive layers only where
+    there are some, said to hold at that size (a network trained at another size may use them there)."""
+    size = "x".join(map(str, field["input_size"]))
+    line = f"receptive field {'x'.join(map(str, field['receptive_field']))} at input {size}"
+    if field["border_layer"]:
+        line += f"; border layer {field['border_layer']} (the first whose receptive field exceeds {size})"
+    if field["unproductive_layers"]:
+        whole = "sequence" if len(field["input_size"]) == 1 else "image"
+        line += (f"; at this input size {field['unproductive_layers']} layer(s), "
+                 f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs, add no context: their input already "
+                 f"sees the whole {size} {whole}. A property of {size}, not of the network: at the size it was "
+                 f"trained at they may see less (rfdeploy analyze --input-size)")
+    return line
+
+
 def layers_title(load: dict, count: int) -> str:
     """What the lowered layers are: searched, or (no alphas in the checkpoint) fixed single-branch convs."""
     if load["single_branch"] and not load["searched"]:
@@ -198,10 +214,7 @@ def print_summary(result: api.ExportResult) -> None:
                           f"{verdict(shown.get('onnxruntime_passed', shown['passed']))}")
     field = report["receptive_field"]
     if "error" not in field:
-        console.print(f"receptive field {field['receptive_field']} at input {field['input_size']}; border layer "
-                      f"{field['border_layer']}; {field['unproductive_layers']} unproductive layer(s), "
-                      f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs: their input already sees the "
-                      f"whole image, so they add compute but no context (rfdeploy analyze for details)")
+        console.print(receptive_field_line(field))
     print_onnx_facts(report["onnx"])
     if "precision" in report:
         print_precision(report["precision"])
