@@ -13,7 +13,7 @@ import torch
 from cli_util import MODEL, SHAPE, Files, assert_one_line_error, run_entry, run_main
 from test_tensorrt import has_tensorrt
 
-from rfdeploy import cli
+from rfdeploy import cli, models
 from rfdeploy.cli import command_parsers
 
 
@@ -249,3 +249,32 @@ def test_a_1d_models_input_is_a_sequence_not_an_image(tmp_path, capsys):
     assert code == 0, err
     line = receptive_field_line(err)
     assert "whole 2 sequence" in line and "image" not in line
+
+
+def vertical_runs(fig) -> list[tuple[float, float, float]]:
+    """The detours' vertical runs, ``(x, low y, high y)``: lines drawn across, then down beside a column."""
+    runs = []
+    for line in fig.axes[0].lines:
+        xs, ys = line.get_xdata(), line.get_ydata()
+        if len(xs) == 3 and xs[1] == xs[2] and ys[1] != ys[2]:
+            runs.append((float(xs[1]), float(min(ys[1:])), float(max(ys[1:]))))
+    return runs
+
+
+def test_res2net_graph_gives_each_split_to_sum_edge_its_own_line_and_labels_repeated_joins():
+    from rfdeploy.analysis import analyze
+    from rfdeploy.analysis.render_graph import figure
+    from rfdeploy.analysis.render_plot import plt
+
+    fig = figure("res2net50", analyze(models.build("res2net50"), (64, 64)))
+    try:
+        runs = vertical_runs(fig)
+        texts = [text.get_text() for text in fig.axes[0].texts]
+    finally:
+        plt.close(fig)
+    assert len(runs) > 50  # every block's splits, hierarchical adds and residual
+    shared = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+              if a[0] == b[0] and min(a[2], b[2]) > max(a[1], b[1])]  # one x, overlapping heights
+    assert not shared, shared[:3]
+    continued = [text for text in texts if text.endswith("(continued)")]
+    assert continued and all(text.startswith("+ of layer") for text in continued), continued
