@@ -69,13 +69,14 @@ def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.Argum
 def nearest_options(parser: argparse.ArgumentParser, extras: list[str]) -> str:
     """``; did you mean --input-shape?`` for ``--input_shape``: each unknown option's nearest of ``parser``'s."""
     options = [option for action in parser._actions for option in action.option_strings]
-    guesses = []
-    for extra in extras:
-        if extra.startswith("--"):
-            written = extra.split("=", 1)[0]
-            close = difflib.get_close_matches(written.replace("_", "-"), options, n=1, cutoff=0.7)
-            guesses += [f"{close[0]} for {written}"] if close else []
-    return f"; did you mean {', '.join(guesses)}?" if guesses else ""
+    guesses = {}
+    for written in (extra.split("=", 1)[0] for extra in extras if extra.startswith("--")):
+        close = difflib.get_close_matches(written.replace("_", "-"), options, n=1, cutoff=0.7)
+        if close:
+            guesses[written] = close[0]
+    if len(guesses) == 1:
+        return f"; did you mean {next(iter(guesses.values()))}?"
+    return f"; did you mean {', '.join(f'{near} for {written}' for written, near in guesses.items())}?" if guesses else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
