@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -51,6 +52,32 @@ class OneLineErrors(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"rfdeploy: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Unrecognized arguments are named by the command they were given to, with its nearest option."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = command_parsers(self).get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{nearest_options(command, extras)}")
+        return parsed
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def nearest_options(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """``; did you mean --input-shape?`` for ``--input_shape``: each unknown option's nearest of ``parser``'s."""
+    options = [option for action in parser._actions for option in action.option_strings]
+    guesses = {}
+    for written in (extra.split("=", 1)[0] for extra in extras if extra.startswith("--")):
+        close = difflib.get_close_matches(written.replace("_", "-"), options, n=1, cutoff=0.7)
+        if close:
+            guesses[written] = close[0]
+    if len(guesses) == 1:
+        return f"; did you mean {next(iter(guesses.values()))}?"
+    return f"; did you mean {', '.join(f'{near} for {written}' for written, near in guesses.items())}?" if guesses else ""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
@@ -74,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except RFDeployError as error:
         return _fail(str(error))
-    except BrokenPipeError:  # `rfdeploy models --json | head -c 1`
+    except BrokenPipeError:  # `rfdeploy models --json | head -2`: the reader had enough, a normal end
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
-        return _fail("standard output was closed before everything was written")
+        return 0
     except SystemExit as exit_:  # code the command ran (a model's forward, a plugin) called exit()
         return _fail(f"rfdeploy {args.command} was stopped by a call to exit({exit_.code!r})")
     except KeyboardInterrupt:

@@ -72,13 +72,14 @@ def test_json_goes_to_stdout(exported):
     assert "{" not in run.stderr
 
 
-def test_summary_labels_normalised_alphas_dilations_and_unproductive_flops(exported):
+def test_summary_labels_normalised_alphas_dilations_and_the_receptive_field(exported):
     _, run = exported
     header = next(line for line in run.stderr.splitlines() if "layer" in line and "lowering" in line)
     assert "branch dilations" in header and "alphas |a|/sum|a|" in header
     row = next(line for line in run.stderr.splitlines() if "conv2" in line)
     assert "d=1, d=2, d=3" in row and "2x2" not in row  # the structure's centre 2 and mmcv's rule
-    assert "unproductive layer(s)" in run.stderr and "add compute but no context" in run.stderr
+    field = next(line for line in run.stderr.splitlines() if line.startswith("receptive field"))
+    assert field == "receptive field 9x9 at input 12x12"  # no border layer, no unproductive one: nothing more
 
 
 def test_report_records_the_onnx_signature_dynamic_axes_and_file_size(exported):

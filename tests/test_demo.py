@@ -7,10 +7,12 @@ import torch
 from rfdeploy.cli import main
 
 
-def test_demo_writes_searched_files_and_a_passing_export(tmp_path, capsys):
+def test_demo_writes_searched_files_and_a_passing_export(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default rfdeploy-demo/ would go
     workdir = tmp_path / "demo"
-    code = main(["demo", "--workdir", str(workdir), "--out", str(workdir / "out"), "--input-shape", "1,3,64,64"])
+    code = main(["demo", "--workdir", str(workdir), "--input-shape", "1,3,64,64"])  # the export goes in workdir/out
     assert code == 0
+    assert not (tmp_path / "rfdeploy-demo").exists()
     structure = json.loads((workdir / "structure.json").read_text())
     assert structure["search"]["num_branches"] == 3
     # every searchable 3x3 conv2 of ResNet-50's 16 bottlenecks, the 7x7 stem left plain

@@ -101,16 +101,36 @@ def test_an_unreachable_snr_writes_nothing_but_the_failed_report(files, capsys):
     assert not report["passed"] and not report["mixed_precision"]["met"]
 
 
+class OneOutlier(torch.nn.Module):
+    """Five convs; the third writes one channel far above the others that no later conv reads, so that
+    quantizing its output crushes the channels that matter: keeping that tensor in fp32 pays, and leaves the
+    other convs in int8."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, padding=1)] +
+                                         [torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)])
+        with torch.no_grad():
+            self.convs[2].bias[0] = 200.0
+            self.convs[3].weight[:, 0] = 0.0
+
+    def forward(self, x):
+        for conv in self.convs[:-1]:
+            x = torch.relu(conv(x))
+        return self.convs[-1](x)
+
+
 @pytest.mark.parametrize("ranking", ["output", "qdq"])
-def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(files, ranking):
-    shape = [tuple(int(d) for d in SHAPE.split(","))]
-    plain = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
-                       precision=PrecisionRequest("int8", calib="random", calib_count=4))
+def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is_met(ranking):
+    shape = [(1, 3, 12, 12)]
+    plain = api.export(OneOutlier().eval(), input_shapes=shape, write=False,
+                       precision=PrecisionRequest("int8", calib="random", calib_count=4, int8_ops="all"))
     reached = plain.report["precision"]["checks"][0]["snr_db"]
     target = reached + 6.0  # out of reach of the all-int8 model
-    mixed = api.export(MODEL, files.ckpt, files.structure, input_shapes=shape, write=False,
+    mixed = api.export(OneOutlier().eval(), input_shapes=shape, write=False,
                        precision=PrecisionRequest("int8", calib="random", calib_count=4, min_snr_db=target,
-                                                  ranking=ranking))
+                                                  ranking=ranking, int8_ops="all"))
     section = mixed.report["precision"]
     assert section["mixed_precision"]["ranking"] == ranking
     assert section["passed"] and section["checks"][0]["snr_db"] >= target
@@ -118,6 +138,7 @@ def test_mixed_precision_keeps_the_costliest_tensors_in_fp32_until_the_target_is
     assert kept and section["quantized_nodes"] < plain.report["precision"]["quantized_nodes"]
     graph_nodes = {node.name for node in mixed.precision.model.graph.node}
     assert set(kept) <= graph_nodes  # the kept nodes are still there, unquantized
+    assert 0 < section["int8_share"]["int8_nodes"] < section["int8_share"]["compute_nodes"] == 5
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AMX nor AVX512-BF16")

@@ -2,7 +2,8 @@
 
 Unproductive layers are red, border layers orange, global layers blue. Layers sit on ranks (longest path
 from the input); a long network wraps into side-by-side panels, cut where a single node carries everything
-forward (that node is repeated, faded, at the top of the next panel).
+forward (that node is repeated, faded and labelled, at the top of the next panel). Edges that skip nodes of
+their column run beside it, each in its own lane.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COLUMN = 2.75  # inches per column
 BOX_W, BOX_H = 2.45, 0.44
 JOIN_R = 0.13
 SIDE = 0.22  # how far a long edge detours beside its column
+LANE = 0.07  # between the vertical runs of detours beside one column
 ROWS_PER_PANEL = 24
 JOIN_SYMBOL = {"add": "+", "iadd": "+", "add_": "+", "mul": "×", "imul": "×", "mul_": "×", "cat": "cat",
                "concat": "cat", "stack": "stack", "sub": "−"}
@@ -42,6 +44,13 @@ class Node:
 
 
 def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
+    fig = figure(title, report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(title: str, report: RFReport):
+    """The diagram as a matplotlib figure (``draw_graph`` saves and closes it)."""
     nodes = _nodes(report)
     _assign_ranks(nodes)
     _assign_columns(nodes)
@@ -66,7 +75,10 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
             position[(node.id, index)] = (x, y)
             ghost = index > 0 and node.rank <= panels[index - 1][1]
             _draw_node(ax, node, x, y, ghost)
+            if ghost:
+                _draw_continued(ax, node, by_id, x, y)
 
+    drawn: list[tuple[Node, Node, tuple[float, float], tuple[float, float]]] = []
     for node in nodes:
         # a cut node is drawn twice: edges come into its first drawing and leave from its faded repeat
         target_panel = min(i for i, (start, end, _) in enumerate(panels) if start <= node.rank <= end)
@@ -74,12 +86,14 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
         for source_id in node.inputs:
             source = by_id[source_id]
             if (source_id, target_panel) in position:
-                _draw_edge(ax, source, node, position[(source_id, target_panel)],
-                           position[(node.id, target_panel)], nodes)
+                drawn.append((source, node, position[(source_id, target_panel)], position[(node.id, target_panel)]))
             else:
                 far.append(source)
         if far:
             _draw_far_inputs(ax, node, far, position[(node.id, target_panel)])
+    lanes = _detour_lanes([edge for edge in drawn if _detours(edge[0], edge[1], nodes)])
+    for source, target, tail, head in drawn:
+        _draw_edge(ax, source, target, tail, head, nodes, lanes.get((source.id, target.id), 0))
 
     ax.text(0.2, header - 0.25, title, fontsize=11, fontweight="bold", va="center")
     ax.text(0.2, header - 0.55, _summary(report), fontsize=9, va="center")
@@ -88,8 +102,7 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
         ("unproductive", "unproductive: its input already sees the whole input"), ("global", "global"))]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.2 / fig_w, (header - 0.75 + rows * ROW + 0.2) / fig_h),
               ncol=4, fontsize=8, frameon=False, handlelength=1.2)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _summary(report: RFReport) -> str:
@@ -266,27 +279,57 @@ def _half_height(node: Node) -> float:
     return JOIN_R if node.kind == "join" else BOX_H / 2
 
 
-def _draw_edge(ax, source: Node, target: Node, start, end, nodes) -> None:
+def _detours(source: Node, target: Node, nodes: list[Node]) -> bool:
+    """An edge that would cross nodes of its source's column goes around them, on the right."""
+    span = target.rank - source.rank
+    return span > 1 and any(n.column == source.column and source.rank < n.rank < target.rank for n in nodes)
+
+
+def _detour_lanes(detours: list[tuple[Node, Node, tuple[float, float], tuple[float, float]]]) -> dict:
+    """A lane per detour, ``(source id, target id) -> 0, 1, ...``: detours beside the same column whose vertical
+    runs overlap get different lanes, so that a reader can follow each split to its sum (Res2Net's
+    hierarchical adds). Shorter detours take the inner lanes, so that nested ones do not cross."""
+    placed: list[tuple[float, float, float, int]] = []  # side x, top y, bottom y, lane
+    lanes = {}
+    for source, target, (x0, y0), (x1, y1) in sorted(detours, key=lambda d: d[1].rank - d[0].rank):
+        side, high, low = max(x0, x1), y0, y1
+        taken = {lane for x, top, bottom, lane in placed if x == side and low <= top and bottom <= high}
+        lane = next(n for n in range(len(taken) + 1) if n not in taken)
+        placed.append((side, high, low, lane))
+        lanes[(source.id, target.id)] = lane
+    return lanes
+
+
+def _draw_edge(ax, source: Node, target: Node, start, end, nodes, lane: int = 0) -> None:
     (x0, y0), (x1, y1) = start, end
     top = y1 + _half_height(target)
     bottom = y0 - _half_height(source)
     style: dict[str, Any] = {"arrowstyle": "-|>", "mutation_scale": 8, "color": "#666666", "linewidth": 0.9, "zorder": 2,
              "shrinkA": 0, "shrinkB": 0}
     span = target.rank - source.rank
-    blocked = any(n.column == source.column and source.rank < n.rank < target.rank for n in nodes)
-    if span <= 1 or not blocked:
+    if not _detours(source, target, nodes):
         if source.column != target.column and span > 1:  # down its own column, then across
             ax.plot([x0, x0], [bottom, y1 + ROW * 0.6], color="#666666", linewidth=0.9, zorder=2)
             bottom = y1 + ROW * 0.6
         ax.add_patch(patches.FancyArrowPatch((x0, bottom), (x1, top), **style))
         return
-    # around the column, on its right-hand side
+    # around the column, on its right-hand side, in its own lane
     half_w = JOIN_R if source.kind == "join" else BOX_W / 2
-    side = max(x0, x1) + BOX_W / 2 + SIDE * 0.6
+    side = max(x0, x1) + BOX_W / 2 + SIDE * 0.3 + lane * LANE
     exit_x = x0 + half_w
     entry_x = x1 + (JOIN_R if target.kind == "join" else BOX_W / 2)
     ax.plot([exit_x, side, side], [y0, y0, y1], color="#666666", linewidth=0.9, zorder=2)
     ax.add_patch(patches.FancyArrowPatch((side, y1), (entry_x, y1), **style))
+
+
+def _draw_continued(ax, node: Node, by_id: dict[str, Node], x: float, y: float) -> None:
+    """The faded repeat at the top of a panel says what it is: a join by what it joins."""
+    what = node.title
+    if node.kind == "join":
+        what = f"{node.title} of " + ", ".join(_fit(by_id[i].title, 30) for i in node.inputs[:2])
+        what += f" +{len(node.inputs) - 2} more" if len(node.inputs) > 2 else ""
+    ax.text(x, y + _half_height(node) + 0.04, f"{what} (continued)", ha="center", va="bottom", fontsize=5.5,
+            color="#666666")
 
 
 def _draw_far_inputs(ax, target: Node, sources: list[Node], centre) -> None:

@@ -184,6 +184,9 @@ def _input_channels(model: nn.Module) -> int:
     raise RFDeployError(f"{type(model).__name__}: no conv or linear layer to read the input channels from")
 
 
+SEARCHED_OP = "SearchedConv"  # rfdeploy.loader.searched_conv's class, as the searched model holds it
+
+
 class _Walk:
     """Fields through the steps in execution order, then each layer judged against the input size."""
 
@@ -260,7 +263,8 @@ class _Walk:
             per_dim.append(rate)
         if not per_dim:
             raise RFDeployError(f"layer '{layer.name}': no searched rates given")
-        return Layer(layer.name, layer.op, layer.flops, layer.kernel, layer.stride, tuple(per_dim))
+        # the searched model as a checkpoint builds it: one SearchedConv running every branch
+        return Layer(layer.name, SEARCHED_OP, layer.flops * len(per_dim), layer.kernel, layer.stride, tuple(per_dim))
 
     def apply(self, step: Step, layer: Layer | None, field_in: Field) -> Field:
         effect = step.effect

@@ -50,6 +50,7 @@ def trace(model: nn.Module, channels: int, input_size: tuple[int, ...]) -> Trace
     """The graph, with shapes from a zero input of ``input_size``; where the model cannot run that small
     (a pool would output nothing), from the smallest doubling of it that runs: receptive fields do not
     depend on the input size, only shapes and FLOPs do."""
+    _require_one_input(model)
     try:
         graph = _LayerTracer().trace(model, concrete_args=_defaults_after_first(model))
     except Exception as fx_error:  # noqa: BLE001 - fx raises many kinds on data-dependent control flow
@@ -109,6 +110,15 @@ def _run_at_workable_size(run, model: nn.Module, channels: int, input_size: tupl
 
 def _x(size: tuple[int, ...]) -> str:
     return "x".join(map(str, size))
+
+
+def _require_one_input(model: nn.Module) -> None:
+    """Receptive fields are traced from one input: a forward that needs more is refused by name."""
+    required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise RFDeployError(f"{type(model).__name__} takes {len(required)} inputs ({', '.join(required)}); the "
+                            f"receptive-field analysis takes single-input models")
 
 
 def _defaults_after_first(model: nn.Module) -> dict:

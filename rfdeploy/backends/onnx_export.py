@@ -10,7 +10,6 @@ import onnx_graphsurgeon as gs
 import torch
 from torch import nn
 
-from rfdeploy.backends.base import flat_outputs
 from rfdeploy.compiler.graph_edit import reroute_readers
 from rfdeploy.errors import RFDeployError, first_line
 
@@ -19,6 +18,27 @@ OPSETS = range(9, 24)  # what the TorchScript exporter writes with constant fold
 
 def io_names(count: int, stem: str) -> list[str]:
     return [stem] if count == 1 else [f"{stem}{i}" for i in range(count)]
+
+
+def output_names(outputs, input_names: list[str]) -> list[str]:
+    """The ONNX output names of a model's outputs, in ``flat_outputs`` order: a dict's keys and a namedtuple's
+    fields (``cls``, ``reg``; nested ones joined by dots, with a plain tuple's positions by their index), else
+    ``output``, ``output0``, ``output1``, ... where nothing names them or the names would clash."""
+    def labelled(value, path: tuple[tuple[str, bool], ...]) -> list[tuple[tuple[str, bool], ...]]:
+        if isinstance(value, torch.Tensor):
+            return [path]
+        if isinstance(value, dict):
+            return [found for key, item in value.items() for found in labelled(item, (*path, (str(key), True)))]
+        fields = getattr(value, "_fields", None)  # a namedtuple's
+        labels = [(field, True) for field in fields] if fields else [(str(i), False) for i in range(len(value))]
+        return [found for label, item in zip(labels, value) for found in labelled(item, (*path, label))]
+
+    paths = labelled(outputs, ())
+    names = [".".join(label for label, _ in path) for path in paths]
+    given = any(is_name for path in paths for _, is_name in path)
+    if not given or "" in names or len(set(names)) != len(names) or set(names) & set(input_names):
+        return io_names(len(paths), "output")
+    return names
 
 
 def dynamic_axes_of(inputs: list[torch.Tensor], input_names: list[str], output_names: list[str],
@@ -43,16 +63,17 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
                 dynamic_batch: bool = False, dynamic_shape: bool = False) -> onnx.ModelProto:
     """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up."""
     with torch.no_grad():
-        outputs = flat_outputs(model(*inputs))
-    input_names, output_names = io_names(len(inputs), "input"), io_names(len(outputs), "output")
-    dynamic_axes = dynamic_axes_of(inputs, input_names, output_names, dynamic_batch, dynamic_shape)
+        returned = model(*inputs)
+    input_names = io_names(len(inputs), "input")
+    names = output_names(returned, input_names)
+    dynamic_axes = dynamic_axes_of(inputs, input_names, names, dynamic_batch, dynamic_shape)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, tuple(inputs), buffer, dynamo=False,  # type: ignore[arg-type]
                               opset_version=opset,
-                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                              input_names=input_names, output_names=names, dynamic_axes=dynamic_axes,
                               do_constant_folding=True)
     except Exception as error:  # noqa: BLE001  # torch raises many types for unexportable models
         raise RFDeployError(f"ONNX export failed: {first_line(error)}") from None

@@ -112,9 +112,19 @@ def _conv_dims(model: nn.Module) -> int | None:
     return None
 
 
+SEARCHED_MODEL = ("the searched model as trained: each searched conv runs every branch, and its FLOPs count them "
+                  "all (the exported model's lowering may merge them)")
+PLAIN_MODEL = "the plain network, before search"
+
+
+def analysed(after: RFReport | None) -> str:
+    """Which model the figures describe: the same one with or without --ckpt."""
+    return SEARCHED_MODEL if after is not None else PLAIN_MODEL
+
+
 def as_json(name: str, before: RFReport, after: RFReport | None) -> dict:
     """The judged analysis (after search where there is one) with what the search changed."""
-    data = {"model": name, "searched": after is not None, **(after or before).to_json()}
+    data = {"model": name, "searched": after is not None, "analysed": analysed(after), **(after or before).to_json()}
     if after is not None:
         plain_rf = {layer.name: list(layer.rf) for layer in before.layers}
         for layer in data["layers"]:
@@ -164,6 +174,7 @@ def print_report(name: str, before: RFReport, after: RFReport | None) -> None:
         row.append(f"[{STATUS_STYLE[label]}]{label}[/]")
         table.add_row(*row)
     console.print(table)
+    console.print(f"analysed: {analysed(after)}")
     _print_summary(console, before, after)
 
 
@@ -180,7 +191,10 @@ def _print_summary(console: Console, before: RFReport, after: RFReport | None) -
     else:
         console.print(f"border layer: none (no layer's receptive field exceeds {size})")
     count = len(report.unproductive)
-    console.print(f"unproductive layers: [bold{' red' if count else ''}]{count}[/] of {len(report.layers)}, "
+    console.print(f"unproductive layers at {size}: [bold{' red' if count else ''}]{count}[/] of {len(report.layers)}, "
                   f"{report.unproductive_flops_share:.1%} of {report.total_flops / 1e9:,.2f} GFLOPs")
+    if count:
+        console.print(f"unproductive is a property of the input size {size}, not of the network: at the size it "
+                      f"was trained at these layers may still add context")
     for note in report.notes:
         console.print(f"note: {note}")

@@ -27,12 +27,13 @@ from rfdeploy.serve import triton as triton_repository
 UNBOUNDED_WIDTH = 10_000
 
 
-def human_console() -> Console:
-    """Human output, on stderr (``--json`` goes to stdout). Outside a terminal (a log, a pipe) there is no
-    width to fit: lines and tables come out whole, never wrapped or cut at 80 columns."""
-    if Console(stderr=True).is_terminal:
-        return Console(stderr=True)
-    return Console(stderr=True, soft_wrap=True, width=UNBOUNDED_WIDTH)
+def human_console(stderr: bool = True) -> Console:
+    """Human output, on stderr (``--json`` goes to stdout); on stdout where the table is the command's output
+    (``rfdeploy models``). Outside a terminal (a log, a pipe) there is no width to fit: lines and tables come
+    out whole, never wrapped or cut at 80 columns."""
+    if Console(stderr=stderr).is_terminal:
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=UNBOUNDED_WIDTH)
 
 
 console = human_console()

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="make a small searched model on the spot, export and verify it",
                                    description=__doc__)
     parser.add_argument("--workdir", default="rfdeploy-demo", help="where the demo's searched files go")
-    parser.add_argument("--out", default="rfdeploy-demo/out", help="export output directory")
+    parser.add_argument("--out", help="export output directory (default: WORKDIR/out)")
     parser.add_argument("--input-shape", default="1,3,96,96", help="input shape of the export")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the made-up search: centre dilations and "
                                                             "alphas")
@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
+    out = args.out if args.out is not None else str(workdir / "out")
     with console.status("making a searched ResNet-50 checkpoint (mmcv RFSearchHook format)..."):
         structure, checkpoint = searched_files("resnet50", args.seed)
         structure_path, checkpoint_path = workdir / "structure.json", workdir / "searched.pth"
@@ -62,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         (workdir / ".searched.pth.tmp").replace(checkpoint_path)
     console.print(f"wrote {structure_path} ({len(structure['structure'])} searched convs) and {checkpoint_path}")
     console.print(f"$ rfdeploy export --ckpt {checkpoint_path} --structure {structure_path} "
-                  f"--input-shape {args.input_shape} --out {args.out}")
+                  f"--input-shape {args.input_shape} --out {out}")
     return export_command.main_from(["--ckpt", str(checkpoint_path), "--structure", str(structure_path),
-                                     "--input-shape", args.input_shape, "--out", args.out])
+                                     "--input-shape", args.input_shape, "--out", out])

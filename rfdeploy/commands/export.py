@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from rich.markup import escape
 from rich.table import Table
 
 from rfdeploy import api
-from rfdeploy.backends import parse_backends
+from rfdeploy.backends import BACKENDS, parse_backends
 from rfdeploy.backends.onnx_export import OPSETS
 from rfdeploy.backends.tensorrt import require_tensorrt
 from rfdeploy.commands.common import (
@@ -31,6 +32,7 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
+from rfdeploy.tuning.tune import UNTUNABLE
 
 
 def add_parser(subparsers) -> None:
@@ -42,8 +44,9 @@ def add_parser(subparsers) -> None:
                              "single (one merged conv where exact)")
     parser.add_argument("--opset", type=number(int, OPSETS.start, OPSETS.stop - 1), default=17,
                         help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1}")
-    parser.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
-    parser.add_argument("--dynamic-shape", action="store_true",
+    dynamic = parser.add_mutually_exclusive_group()  # --dynamic-shape makes the batch dynamic too
+    dynamic.add_argument("--dynamic-batch", action="store_true", help="export with a dynamic batch dimension")
+    dynamic.add_argument("--dynamic-shape", action="store_true",
                         help="export with dynamic batch, height and width (length for 1-D); verified at the export "
                              "shape and at a second batch and size")
     parser.add_argument("--inputs", metavar="FILE.npz",
@@ -58,8 +61,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the random verification inputs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
-                        help="choose each layer's lowering by timing the candidates on this backend "
-                             "(torch, onnxruntime, onnxruntime-trt, tensorrt; e.g. onnxruntime or torch:cuda); "
+                        help=f"choose each layer's lowering by timing the candidates on this backend "
+                             f"({', '.join(name for name in BACKENDS if name not in UNTUNABLE)}; e.g. onnxruntime or "
+                             f"torch:cuda); "
                              "timings go in the report (default: the cost model of --mode)")
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_onnx_facts(facts: dict) -> None:
     def listed(tensors: list[dict]) -> str:
-        return ", ".join(f"{t['name']} {t['dtype']} [{', '.join(map(str, t['shape']))}]" for t in tensors)
+        return escape(", ".join(f"{t['name']} {t['dtype']} [{', '.join(map(str, t['shape']))}]" for t in tensors))
 
     console.print(f"model.onnx: {facts['file_bytes'] / 1e6:.1f} MB; inputs {listed(facts['inputs'])}; outputs "
                   f"{listed(facts['outputs'])}")
@@ -121,11 +125,15 @@ def print_onnx_facts(facts: dict) -> None:
 def print_precision(section: dict) -> None:
     calibration = section["calibration"]
     if calibration:
+        share = section["int8_share"]
+        in_int8 = f"{share['int8_nodes']} of {share['compute_nodes']} {'/'.join(share['op_types'])} nodes in int8"
         console.print(f"int8: calibrated on {calibration['calibration_sets']} batch(es) of {calibration['source']}, "
-                      f"{section['quantized_nodes']} QuantizeLinear nodes; verified on held-out "
+                      f"{section['quantized_nodes']} QuantizeLinear nodes, {in_int8}; verified on held-out "
                       f"{', '.join(calibration['held_out_sets'])}")
+        if share["int8_nodes"] == 0:
+            console.print("[red]int8: nothing computes in int8, so this is no int8 model[/red]")
     mixed = section["mixed_precision"]
-    if mixed and mixed["kept_fp32_nodes"]:
+    if mixed and (mixed["kept_fp32_nodes"] or not mixed["met"]):
         console.print(f"mixed precision: {len(mixed['kept_fp32_tensors'])} tensor(s) kept in fp32 "
                       f"({len(mixed['kept_fp32_nodes'])} nodes, listed in the report) to reach --min-snr "
                       f"{section['min_snr_db']:g} dB" + ("" if mixed["met"] else ": [red]not reached[/red]"))
@@ -154,12 +162,35 @@ def print_involutions(involutions: list[dict]) -> None:
     console.print(table)
 
 
+def receptive_field_line(field: dict) -> str:
+    """The receptive field at the export's input size; the border layer and the unproductive layers only where
+    there are some, said to hold at that size (a network trained at another size may use them there)."""
+    size = "x".join(map(str, field["input_size"]))
+    line = f"receptive field {'x'.join(map(str, field['receptive_field']))} at input {size}"
+    if field["border_layer"]:
+        line += f"; border layer {field['border_layer']} (the first whose receptive field exceeds {size})"
+    if field["unproductive_layers"]:
+        whole = "sequence" if len(field["input_size"]) == 1 else "image"
+        line += (f"; at this input size {field['unproductive_layers']} layer(s), "
+                 f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs, add no context: their input already "
+                 f"sees the whole {size} {whole}. A property of {size}, not of the network: at the size it was "
+                 f"trained at they may see less (rfdeploy analyze --input-size)")
+    return line
+
+
+def layers_title(load: dict, count: int) -> str:
+    """What the lowered layers are: searched, or (no alphas in the checkpoint) fixed single-branch convs."""
+    if load["single_branch"] and not load["searched"]:
+        return f"{count} fixed_single_branch layer(s) at the structure's dilations (no alphas in the checkpoint)"
+    return f"{count} searched layer(s)"
+
+
 def print_summary(result: api.ExportResult) -> None:
     report = result.report
     load = report["load"]
     if report["model_recognised"]:
         console.print(f"recognised architecture: [bold]{report['model']}[/bold]")
-    table = Table(title=f"{report['model']}: {len(report['layers'])} searched layer(s)")
+    table = Table(title=f"{report['model']}: {layers_title(load, len(report['layers']))}")
     for column in ("layer", "branch dilations", "alphas |a|/sum|a|", "lowering"):
         table.add_column(column, overflow="fold")
     for layer in report["layers"]:
@@ -185,10 +216,7 @@ def print_summary(result: api.ExportResult) -> None:
                           f"{verdict(shown.get('onnxruntime_passed', shown['passed']))}")
     field = report["receptive_field"]
     if "error" not in field:
-        console.print(f"receptive field {field['receptive_field']} at input {field['input_size']}; border layer "
-                      f"{field['border_layer']}; {field['unproductive_layers']} unproductive layer(s), "
-                      f"{100 * field['unproductive_flops_share']:.0f}% of FLOPs: their input already sees the "
-                      f"whole image, so they add compute but no context (rfdeploy analyze for details)")
+        console.print(receptive_field_line(field))
     print_onnx_facts(report["onnx"])
     if "precision" in report:
         print_precision(report["precision"])

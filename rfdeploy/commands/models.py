@@ -9,7 +9,7 @@ import math
 from rich.table import Table
 
 from rfdeploy import models
-from rfdeploy.commands.common import console
+from rfdeploy.commands.common import human_console
 from rfdeploy.loader.recognise import zoo_parameters
 
 
@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(row["name"], f"{row['params'] / 1e6:.2f}", "x".join(map(str, row["input_shape"])),
                       row["description"])
-    console.print(table)
+    human_console(stderr=False).print(table)  # a listing's table is its output: `rfdeploy models | grep res`
     return 0

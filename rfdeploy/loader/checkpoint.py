@@ -20,7 +20,7 @@ import torch
 from torch import _weights_only_unpickler
 
 from rfdeploy.errors import RFDeployError, first_line
-from rfdeploy.loader.input_file import regular_file
+from rfdeploy.loader.input_file import looks_like, regular_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -93,14 +93,20 @@ def state_dict_of(payload, path: Path) -> StateDict:
                 break
     if not isinstance(payload, dict) or not payload:
         raise RFDeployError(f"{path}: holds no state dict (expected a mapping of names to tensors)")
-    tensors = {k: v for k, v in payload.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
+    tensors = {key_name(k): v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not any(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
         raise RFDeployError(f"{path}: holds no tensors under string names")
     for key, tensor in tensors.items():
         if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
             kind = "quantized" if tensor.is_quantized else "complex" if tensor.is_complex() else str(tensor.layout)
             raise RFDeployError(f"{path}: '{key}' is a {kind} tensor; rfdeploy takes dense real weights")
     return tensors
+
+
+def key_name(key) -> str:
+    """A state dict key as a name: a non-string key (``7``) becomes one no layer can have (``<int key 7>``),
+    so that it is counted with the other tensors that fit no layer, not dropped unseen."""
+    return key if isinstance(key, str) else f"<{type(key).__name__} key {key!r}>"
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,9 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, TrainingProgress]:
             warnings.simplefilter("ignore")
             payload = _read(path)
     except Exception as error:  # noqa: BLE001  # corrupt bytes reach torch, zipfile and pickle in many ways
+        if looks_like(path) == "structure file":
+            raise RFDeployError(f"{path}: not a checkpoint, it looks like a structure file (JSON); give it to "
+                                f"--structure and the .pth to --ckpt") from None
         detail = first_line(error).split(". ")[0]
         raise RFDeployError(f"{path}: not a readable checkpoint, truncated or corrupt? ({detail[:160]})") from None
     return state_dict_of(payload, path), progress_of(payload)

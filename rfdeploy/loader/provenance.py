@@ -54,6 +54,11 @@ def note_provenance(info: LoadInfo, weights: str, structure: Structure | None, p
     elif not info.searched and not info.single_branch:
         info.warnings.append("0 searched layers: nothing was lowered (give --structure, or a checkpoint with "
                              "alphas)")
+    if info.single_branch and not info.searched:
+        info.warnings.append(f"{checkpoint}: no alphas for the {len(info.single_branch)} layer(s) the structure "
+                             f"file names, so it was read as a fixed_single_branch checkpoint: plain convs at the "
+                             f"structure's dilations, not searched layers (the network before search would read "
+                             f"the same)")
     stale = stale_structure(structure, progress, checkpoint)
     if stale:
         info.warnings.append(stale)

@@ -251,6 +251,7 @@ def _replacement(name: str, conv: _ConvNd, entries: dict[str, str], structure: S
     if f"{name}.op_layer.weight" in local:
         raise _missing_alphas(name, path, "its conv is a search op's (op_layer)")
     weight, bias = _conv_tensors(local, name, path)
+    info.checkpoint_format = "fixed_single_branch"
     info.single_branch.append(name)
     return _searched_conv(conv, weight, bias, torch.ones(1), structure.single(entries[name], kernel_size, stride), name, path)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rfdeploy.errors import RFDeployError
 from rfdeploy.loader import rates as R
-from rfdeploy.loader.input_file import regular_file
+from rfdeploy.loader.input_file import looks_like, regular_file
 
 Centre = tuple[int, ...]
 
@@ -157,6 +157,9 @@ def _expansion(config: dict, branches_key: str | None, path: Path) -> tuple[R.Ex
 
 def load_structure(path: str | Path) -> Structure:
     path = regular_file(path, "structure file")
+    if looks_like(path) == "checkpoint":
+        raise RFDeployError(f"{path}: not a structure file, it looks like a checkpoint; give it to --ckpt and the "
+                            f"structure JSON to --structure")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -29,7 +29,7 @@ from rfdeploy.quantize.calibration import (
     calibration_data,
     require_calibration,
 )
-from rfdeploy.quantize.int8 import OP_SETS, Int8Quantizer, quantized_nodes
+from rfdeploy.quantize.int8 import OP_SETS, QUANTIZED_OPS, Int8Quantizer, int8_compute, quantized_nodes
 from rfdeploy.quantize.mixed_precision import RANKINGS, reach_snr
 
 INT8_FILE = INT8.artifact
@@ -75,7 +75,16 @@ class PrecisionResult:
 
     @property
     def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
+        """Every check passed; an int8 model must compute something in int8."""
+        in_int8 = self.model is None or int8_compute(self.model)[0] > 0
+        return in_int8 and all(check.passed for check in self.checks)
+
+    def int8_share(self) -> dict | None:
+        """How much of the int8 model computes in int8: its Conv/MatMul/Gemm nodes that do, of all."""
+        if self.model is None:
+            return None
+        in_int8, compute = int8_compute(self.model)
+        return {"int8_nodes": in_int8, "compute_nodes": compute, "op_types": list(QUANTIZED_OPS)}
 
     @property
     def held_out(self) -> list[InputSet] | None:
@@ -85,6 +94,7 @@ class PrecisionResult:
         return {"precision": self.precision, "min_snr_db": self.target_db,
                 "file": INT8_FILE if self.model is not None else None,
                 "quantized_nodes": quantized_nodes(self.model) if self.model is not None else None,
+                "int8_share": self.int8_share(),
                 "calibration": self.calibration.to_json() if self.calibration else None,
                 "quantized_ops": self.ops, "mixed_precision": self.mixed,
                 "checks": [check.to_json() for check in self.checks],

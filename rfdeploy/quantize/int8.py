@@ -16,9 +16,10 @@ quantization builds int8 engines from.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import onnx
@@ -96,6 +97,14 @@ def quantized_nodes(model: onnx.ModelProto) -> int:
     return sum(node.op_type == "QuantizeLinear" for node in model.graph.node)
 
 
+def int8_compute(model: onnx.ModelProto) -> tuple[int, int]:
+    """How many of the model's Conv/MatMul/Gemm nodes compute in int8 (read a DequantizeLinear's output), and
+    how many there are: mixed precision can keep every one in fp32, leaving QDQ pairs that quantize nothing."""
+    dequantized = {name for node in model.graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    compute = [node for node in model.graph.node if node.op_type in QUANTIZED_OPS]
+    return sum(any(name in dequantized for name in node.input) for node in compute), len(compute)
+
+
 class InputReader:
     """onnxruntime's ``CalibrationDataReader`` protocol over input sets; ``rewind`` lets it read them again."""
 
@@ -122,11 +131,13 @@ class InputReader:
 @contextmanager
 def quiet_onnxruntime_logging() -> Iterator[None]:
     """onnxruntime's quantizer logs a pre-processing hint on the root logger at every call; rfdeploy's
-    graph is already shape-complete and folded."""
+    graph is already shape-complete and folded. Its calibrators print progress (``Collecting tensor data and
+    making histogram ...``): to stderr, as stdout holds ``--json`` output alone."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         root.setLevel(level)

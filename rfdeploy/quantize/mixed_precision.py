@@ -28,7 +28,7 @@ import onnx
 
 from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.measure.verify import InputSet
-from rfdeploy.quantize.int8 import InputReader, Int8Quantizer, quiet_onnxruntime_logging
+from rfdeploy.quantize.int8 import InputReader, Int8Quantizer, int8_compute, quiet_onnxruntime_logging
 
 RANKINGS = ("output", "qdq")
 
@@ -158,8 +158,9 @@ def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Ca
               target_db: float, held_out: list[InputSet], tick: Callable[[str], None] | None = None,
               ops: str = "all", ranking: str = "output", int8: onnx.ModelProto | None = None) -> MixedPrecision:
     """The int8 model with the fewest worst tensors kept in fp32 whose SNR (``snr_of``) reaches
-    ``target_db``; with every ranked tensor kept and the target still missed, the best model found, ``met``
-    false. ``int8``: the whole model quantized with ``ops`` already, where the caller has it."""
+    ``target_db`` with a conv or matmul still in int8; where none does, the best model found that still has
+    one, ``met`` false (an fp32 model under an int8 name meets no int8 target). ``int8``: the whole model
+    quantized with ``ops`` already, where the caller has it."""
     step = tick or (lambda text: None)
     int8 = int8 if int8 is not None else quantizer.quantize(ops=ops)
     tried: list[dict] = []
@@ -171,30 +172,32 @@ def reach_snr(quantizer: Int8Quantizer, float_model: onnx.ModelProto, snr_of: Ca
     costs = (output_costs(float_model, int8, snr_of, results[0][1]) if ranking == "output"
              else tensor_costs(float_model, int8, held_out))
 
-    def attempt(count: int) -> float:
+    def meets(count: int) -> bool:
         if count not in results:
             step(f"keeping the {count} worst tensor(s) in fp32")
             model = quantizer.quantize(_nodes_of(costs[:count]), ops)
             results[count] = (model, snr_of(model))
-            tried.append({"kept_tensors": count, "snr_db": round(results[count][1], 2)})
-        return results[count][1]
+            tried.append({"kept_tensors": count, "snr_db": round(results[count][1], 2),
+                          "int8_compute_nodes": int8_compute(model)[0]})
+        return results[count][1] >= target_db and int8_compute(results[count][0])[0] > 0
 
     miss, hit = 0, None
     count = 1
     while count <= len(costs):
-        if attempt(count) >= target_db:
+        if meets(count):
             hit = count
             break
         miss, count = count, count * 2
-    if hit is None and miss < len(costs) and attempt(len(costs)) >= target_db:
+    if hit is None and miss < len(costs) and meets(len(costs)):
         hit = len(costs)
     if hit is None:
-        best = max(results, key=lambda k: results[k][1])
+        still_int8 = [k for k in results if int8_compute(results[k][0])[0] > 0] or list(results)
+        best = max(still_int8, key=lambda k: results[k][1])
         return MixedPrecision(results[best][0], results[best][1], False, _nodes_of(costs[:best]), costs[:best], tried,
                               ranking)
     while hit - miss > 1:
         middle = (hit + miss) // 2
-        miss, hit = (miss, middle) if attempt(middle) >= target_db else (middle, hit)
+        miss, hit = (miss, middle) if meets(middle) else (middle, hit)
     model, snr = results[hit]
     return MixedPrecision(model, snr, True, _nodes_of(costs[:hit]), costs[:hit], tried, ranking)
 

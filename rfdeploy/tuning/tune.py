@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from rfdeploy.backends import BACKENDS, check_backends, make_runner
+from rfdeploy.backends import BACKENDS, cuda_available, make_runner
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.compiler import involution_ir
 from rfdeploy.compiler.ir import from_searched, to_module
@@ -104,9 +104,11 @@ def parse_target(target: str, precision: str = "fp32") -> tuple[str, str]:
         raise RFDeployError(f"--tune {backend}: not supported: {UNTUNABLE[backend]}")
     device = device or BACKENDS[backend].devices[0]
     try:
-        check_backends([backend], device, precision)
+        BACKENDS[backend].require(device, precision)  # a missing package first, named as `rfdeploy build` names it
     except RFDeployError as error:
         raise RFDeployError(f"--tune {target}: {error}") from None
+    if device == "cuda" and not cuda_available():  # export and optimize have no --device to blame
+        raise RFDeployError(f"--tune {target}: it runs on a CUDA GPU, and PyTorch sees none on this machine")
     return backend, device
 
 
