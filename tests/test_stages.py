@@ -220,3 +220,12 @@ def test_mmdeploy_needs_a_config_and_mmdeploy_itself(files, capsys):
     if importlib.util.find_spec("mmdeploy") is None:  # the first pass; the mmdet pass has it
         assert_one_line_error(code, err, "pip install --no-deps mmdeploy==1.3.1")
     assert not files.out.exists()
+
+
+def test_the_report_records_each_stages_wall_time(files, capsys):
+    code, err = run_main(files.args(), capsys)
+    assert code == 0, err
+    seconds = json.loads((files.out / "report.json").read_text())["stage_seconds"]
+    assert list(seconds)[:6] == ["load", "shapes", "calibrate", "tune", "compile", "verify"]
+    assert "precision" not in seconds and all(value >= 0 for value in seconds.values())
+    assert seconds["compile"] > 0 and seconds["verify"] > 0

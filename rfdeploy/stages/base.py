@@ -11,6 +11,7 @@ stage of the deployment can write is an artifact name the deployment owns (``own
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class Run:
     values: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     passed: bool = True  # every verification so far
+    seconds: dict[str, float] = field(default_factory=dict)  # each stage's wall time, for the report
     files: dict[Path, bytes] = field(default_factory=dict)  # output path -> content, written on success only
 
     def __getitem__(self, name: str) -> Any:
@@ -106,6 +108,7 @@ def run_stages(stages: Sequence[Stage], run: Run) -> Run:
         if missing:  # a stage that applies needs a value only a skipped one adds: a declaration bug
             raise StageError(stage.name, KeyError(f"needs {', '.join(missing)}, which no stage that ran added"))
         run.progress(stage.progress or stage.name)
+        started = time.perf_counter()
         try:
             added = stage.run(run)
         except (RFDeployError, KeyboardInterrupt):
@@ -117,4 +120,5 @@ def run_stages(stages: Sequence[Stage], run: Run) -> Run:
             raise StageError(stage.name, KeyError(f"returned {sorted(added)}, declared {sorted(expected)}"))
         run.values.update((name, added[name]) for name in stage.adds)
         run.report.update((name, added[name]) for name in stage.report)
+        run.seconds[stage.name] = round(time.perf_counter() - started, 3)
     return run

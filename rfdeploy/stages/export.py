@@ -359,6 +359,7 @@ def run_export(request: ExportRequest, progress: Progress | None = None) -> Expo
     request = checked(request)
     outputs = Outputs(request.out, OWNED_FILES, EXPORT_STAGES, request) if request.write else None
     run = run_stages(EXPORT_STAGES, Run(request, progress or (lambda message: None)))
+    run.report["stage_seconds"] = run.seconds
     result = ExportResult(run.report, run["onnx_model"], run["compiled"].model, Path(request.out),
                           run.values.get("engine"), run.values.get("triton_plan"), run.values.get("deployed"))
     if outputs is not None:

@@ -105,6 +105,7 @@ class OptimizeResult:
 def run_optimize(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeResult:
     outputs = Outputs(request.out, (MODEL_FILE,), OPTIMIZE_STAGES, request) if request.write else None
     run = run_stages(OPTIMIZE_STAGES, Run(request, progress or (lambda message: None)))
+    run.report["stage_seconds"] = run.seconds
     result = OptimizeResult(run.report, run["rewritten"], request.out)
     if outputs is not None:
         result.written = outputs.write(run)
