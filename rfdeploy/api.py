@@ -32,7 +32,7 @@ from rfdeploy.loader.checkpoint import (
 )
 from rfdeploy.loader.in_memory import adopt_search_ops, search_ops
 from rfdeploy.loader.involution import involution_layers
-from rfdeploy.loader.onnx_graph import read_onnx
+from rfdeploy.loader.onnx_graph import check_onnx, read_onnx
 from rfdeploy.loader.provenance import note_provenance, weights_origin
 from rfdeploy.loader.searched_model import LoadInfo, build_searched, load_model
 from rfdeploy.loader.structure import Structure, load_structure, parse_structure
@@ -394,6 +394,14 @@ class OptimizeResult:
         return bool(self.report["verification"]["passed"])
 
 
+def _check_rewritten(rewritten: onnx.ModelProto, onnx_path: str | Path) -> None:
+    """Only a graph that loads is written: one that does not is rfdeploy's fault, said rather than written."""
+    try:
+        check_onnx(rewritten, f"{onnx_path}, rewritten")
+    except RFDeployError as error:
+        raise RFDeployError(f"the rewritten graph is not valid, so it is not written: {error}") from None
+
+
 def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str = "auto",
              input_shapes: list[tuple[int, ...]] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
              seed: int = 0, choices: dict[str, str] | None = None, write: bool = True,
@@ -420,7 +428,10 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
         tuning = tune_graph(original, shapes, tune, tick=lambda layer: step(f"tuned {layer}"))
         choices = {**tuning.choices, **(choices or {})}
     step("finding and lowering searched convs")
-    result = compile_graph(original, mode, choices)
+    try:
+        result = compile_graph(original, mode, choices)
+    except RFDeployError as error:  # the node or layer at fault, in this file
+        raise RFDeployError(f"{onnx_path}: {error}") from None
     rewritten, graph_passes = run_graph_passes(result.model) if result.layers else (result.model, {})
     report: dict = {"input": str(onnx_path), "mode": mode, "layers": [asdict(layer) for layer in result.layers],
                     "left_alone": [asdict(layer) for layer in result.left_alone], "note": None,
@@ -439,6 +450,7 @@ def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str 
         report["verification"] = verify_graphs(original, rewritten, shapes, boundaries, str(onnx_path),
                                                atol, rtol, seed)
         optimized = OptimizeResult(report, rewritten, Path(out))
+        _check_rewritten(rewritten, onnx_path)
     if write:
         optimized.written = _write_model(optimized.out_dir, optimized.passed, optimized.onnx_model, report)
     return optimized

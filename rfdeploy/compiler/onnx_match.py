@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from rfdeploy.compiler.ir import Branch, ConvIR
+from rfdeploy.errors import RFDeployError, first_line
 
 SUM_OPS = ("Add", "Sum")
 
@@ -55,22 +56,64 @@ class _Term:
     scale: float
 
 
+# The ops constant folding evaluates: what computes alphas and scales from initializers. None makes a tensor
+# larger than its inputs but by broadcasting or gathering, which _output_size bounds before evaluating.
+FOLDABLE = frozenset({
+    "Constant", "Identity", "Cast", "Abs", "Neg", "Relu", "Sigmoid", "Exp", "Log", "Sqrt", "Reciprocal", "Softmax",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Clip", "ReduceSum", "ReduceMean", "ReduceMax",
+    "ReduceMin", "ReduceL1", "ReduceL2", "Gather", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+    "Transpose", "Concat"})
+FOLD_LIMIT = 1 << 24  # elements of a tensor constant folding may make
+
+
 class ConstantValues:
-    """Values of tensors that depend on constants only, read from a constant-folded copy of the graph."""
+    """Values of tensors that depend on constants only: initializers, ``Constant`` nodes and what
+    ``FOLDABLE`` ops compute from them, evaluated node by node in graph order (which the checker made
+    topological) with ONNX's reference evaluator. Other ops (custom domains, shapes of inputs) stay unknown."""
 
     def __init__(self, graph: gs.Graph):
-        folded = graph.copy()
-        logger = gs.logger.G_LOGGER
-        level, logger.severity = logger.severity, logger.CRITICAL  # parts it cannot fold (custom ops) stay
-        try:
-            folded.fold_constants(partitioning="basic", fold_shapes=False)
-        finally:
-            logger.severity = level
-        self.tensors = folded.tensors()
+        self.values: dict[str, np.ndarray] = {
+            name: np.asarray(tensor.values) for name, tensor in graph.tensors().items()
+            if isinstance(tensor, gs.Constant)}
+        for node in graph.nodes:
+            inputs = [self.values.get(t.name) if t.name else None for t in node.inputs]
+            if node.domain or node.op not in FOLDABLE or any(t.name and v is None for t, v in zip(node.inputs, inputs)):
+                continue
+            if _output_size(node, inputs) > FOLD_LIMIT:
+                continue
+            self.values.update(zip((t.name for t in node.outputs), _evaluate(node, inputs, graph.opset)))
 
     def __call__(self, tensor: gs.Tensor) -> np.ndarray | None:
-        folded = self.tensors.get(tensor.name)
-        return np.asarray(folded.values) if isinstance(folded, gs.Constant) else None
+        return self.values.get(tensor.name)
+
+
+def _output_size(node: gs.Node, inputs: list[np.ndarray | None]) -> int:
+    """An upper bound of the node's largest output, in elements."""
+    arrays = [a for a in inputs if a is not None]
+    if node.op == "Gather" and len(arrays) == 2:
+        data, indices = arrays
+        axis = int(node.attrs.get("axis", 0))
+        slab = data.size // data.shape[axis] if data.ndim and -data.ndim <= axis < data.ndim and data.shape[axis] else 1
+        return indices.size * slab
+    if node.op in ("Concat", "Reshape", "Slice", "Gather") or not arrays:
+        return sum(a.size for a in arrays)
+    try:
+        return int(np.prod(np.broadcast_shapes(*(a.shape for a in arrays))))
+    except ValueError:  # shapes that do not broadcast: the evaluation says so
+        return 0
+
+
+def _evaluate(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator  # loads every reference op: only when a graph is read
+
+    proto = gs.exporters.onnx_exporter.OnnxExporter.export_node(node)
+    feeds = {name: value for name, value in zip(proto.input, inputs) if name}
+    try:
+        with np.errstate(all="ignore"):  # NaN from 0/0 is checked where it matters, with the layer's name
+            return [np.asarray(v) for v in ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)]
+    except Exception as error:  # noqa: BLE001  # whatever the op's own checks raise
+        raise RFDeployError(f"ONNX node '{node.name}' ({node.op}) fails on its constant inputs: "
+                            f"{first_line(error)}") from None
 
 
 def constant_of(tensor: gs.Tensor, graph_inputs: set[str]) -> gs.Constant | None:
@@ -211,6 +254,19 @@ def _batchnorm_after(tensor: gs.Tensor, values: ConstantValues, graph_outputs: s
     return BatchNormParams(node, scale, bias, mean, var, float(node.attrs.get("epsilon", 1e-5)))
 
 
+def _check_values(name: str, terms: list[_Term], branches: list[Branch]) -> None:
+    """A searched conv's scales (its normalised alphas: NaN where every alpha is 0) and weights must be
+    numbers: said here, naming the layer, rather than as a failed verification."""
+    scales = [term.scale for term in terms]
+    if not all(np.isfinite(scales)) or not any(scales):
+        raise RFDeployError(f"searched conv '{name}' ({terms[0].mul.name} ...): its branch scales {scales} are "
+                            f"not finite or all zero (NaN, infinite or all-zero alphas)")
+    for part, tensor in (("weight", branches[0].weight), ("bias", branches[0].bias)):
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise RFDeployError(f"searched conv '{name}' ({terms[0].conv.name}): its {part} holds NaN or "
+                                f"infinite values")
+
+
 def _layer_name(convs: list[gs.Node], taken: set[str]) -> str:
     """The scope the convs share (``/backbone/layer2/layer2.0/Conv_1`` -> ``backbone/layer2/layer2.0``)."""
     scope = os.path.commonprefix([conv.name for conv in convs]).rpartition("/")[0].strip("/")
@@ -231,6 +287,7 @@ def _match(root: gs.Node, values: ConstantValues, graph_outputs: set[str], taken
     branches, geometry = shared
     convs = [t.conv for t in found]
     name = _layer_name(convs, taken)
+    _check_values(name, found, branches)
     ir = ConvIR(name, geometry.stride, geometry.groups, tuple(branches), found[0].relu is not None)
     relus = [t.relu for t in found if t.relu is not None]
     nodes = list({id(n): n for n in [*convs, *relus, *(t.mul for t in found), *sums[::-1]]}.values())

@@ -118,7 +118,8 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
     try:
         reference = Reference(_runner(original))
     except Exception as error:  # noqa: BLE001  # onnxruntime raises several types for graphs it cannot load
-        return _each_subgraph(original, rewritten, shapes, boundaries, first_line(error, 300), atol, rtol, seed)
+        return _each_subgraph(original, rewritten, shapes, boundaries, first_line(error, 300), source, atol, rtol,
+                              seed)
     try:
         reference.outputs(seeded_inputs(shapes, seed, trials=1)[0])
     except Exception as error:  # noqa: BLE001
@@ -130,7 +131,7 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
 
 
 def _each_subgraph(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: list[Shape],
-                   boundaries: list[tuple[str, str, str]], reason: str, atol: float, rtol: float,
+                   boundaries: list[tuple[str, str, str]], reason: str, source: str, atol: float, rtol: float,
                    seed: int) -> dict:
     known = tensor_shapes(original, shapes)
     checks = []
@@ -141,8 +142,12 @@ def _each_subgraph(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes
                            "error": f"shape inference gives no concrete shape for '{start}'"})
             continue
         shape = known[start]
-        check = verify(_runner(subgraph(rewritten, start, end, shape)),
-                       _runner(subgraph(original, start, end, shape)), [shape], atol, rtol, seed)
+        try:
+            check = verify(_runner(subgraph(rewritten, start, end, shape)),
+                           _runner(subgraph(original, start, end, shape)), [shape], atol, rtol, seed)
+        except Exception as error:  # noqa: BLE001  # onnxruntime's errors on a graph it cannot load or run
+            raise RFDeployError(f"{source}: onnxruntime cannot run the whole graph ({reason[:160]}) nor searched "
+                                f"conv '{layer}' alone ({first_line(error)})") from None
         checks.append({"layer": layer, "input": start, "output": end, **check.to_json()})
     return {"scope": "each rewritten subgraph", "whole_graph_not_run": reason, **_worst(checks, atol, rtol, seed),
             "input_shapes": [list(s) for s in shapes], "subgraphs": checks}

@@ -1,0 +1,193 @@
+"""Hostile and careless inputs (issue 23): each one ends in one ``rfdeploy: error:`` line naming the file,
+node or layer at fault, exit 2, with nothing written; or, where the input is fine, in a clean run.
+
+The ONNX graphs are ``torch.onnx.export`` of the tiny searched model of ``cli_util`` (what a generic exporter
+writes), damaged in one place each.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from cli_util import Files, assert_one_line_error, run_main, tiny_model
+from onnx import helper, numpy_helper
+
+from rfdeploy import api
+
+SHAPE = (1, 3, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Files:
+    return Files(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def searched_onnx(files) -> onnx.ModelProto:
+    """The tiny searched model as torch.onnx writes it: conv1, then conv2's three branches and alpha chain."""
+    searched = api.load(tiny_model(), files.ckpt, files.structure).searched.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(searched, (torch.randn(*SHAPE),), buffer, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"])
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def set_attribute(model: onnx.ModelProto, names: list[str], key: str, value) -> onnx.ModelProto:
+    for name in names:
+        target = node(model, name)
+        kept = [a for a in target.attribute if a.name != key]
+        del target.attribute[:]
+        target.attribute.extend([*kept, helper.make_attribute(key, value)])
+    return model
+
+
+def set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    return model
+
+
+def alphas_name(model: onnx.ModelProto) -> str:
+    return node(model, "/conv2/Abs").input[0]
+
+
+def optimize_cli(tmp_path: Path, data: bytes | onnx.ModelProto, capsys) -> tuple[int, str]:
+    path = tmp_path / "in.onnx"
+    path.write_bytes(data if isinstance(data, bytes) else data.SerializeToString())
+    return run_main(["optimize", str(path), "--out", str(tmp_path / "out")], capsys)
+
+
+CONVS = ["/conv2/Conv", "/conv2/Conv_1", "/conv2/Conv_2"]
+
+
+def damaged(kind: str, model: onnx.ModelProto) -> onnx.ModelProto | bytes:
+    model = copy.deepcopy(model)
+    if kind.startswith("opset "):
+        model.opset_import[0].version = int(kind.split()[1])
+    elif kind == "no opset import":
+        del model.opset_import[:]
+    elif kind == "ir_version 99":
+        model.ir_version = 99
+    elif kind == "bytes doubled":
+        return model.SerializeToString() * 2
+    elif kind == "duplicate node names":
+        for each in model.graph.node:
+            each.name = "same"
+    elif kind == "alpha tensor of length 1":
+        set_initializer(model, alphas_name(model), np.array([1.0]))
+    elif kind == "cycle of Add nodes":
+        node(model, "/conv2/Add").input[0] = node(model, "/conv2/Add_1").output[0]
+    elif kind.startswith(("strides", "dilations", "pads", "group")):
+        key, value = kind.split()
+        size = {"pads": 4, "group": 0}.get(key, 2)
+        set_attribute(model, CONVS if key == "group" else CONVS[1:2], key,
+                      int(value) if key == "group" else [int(value)] * size)
+    elif kind == "kernel_shape":
+        set_attribute(model, CONVS[1:2], "kernel_shape", [5, 5])
+    elif kind == "missing graph input":
+        del model.graph.input[:]
+    elif kind == "unknown op":
+        node(model, "/Relu").op_type = "Frobnicate"
+    elif kind == "duplicated graph input":
+        model.graph.input.append(copy.deepcopy(model.graph.input[0]))
+    elif kind == "removed bias":
+        model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "conv2.bias"))
+    elif kind == "removed alphas":
+        model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == alphas_name(model)))
+    return model
+
+
+@pytest.mark.parametrize("kind", [
+    "opset 1", "opset 99", "opset 10000", "opset -1", "opset 7", "no opset import", "ir_version 99",
+    "bytes doubled", "duplicate node names", "cycle of Add nodes", "strides 0", "strides -1", "dilations 0",
+    "dilations -2", "dilations 100000", "pads -1", "pads 100000", "group 0", "group -16", "group 3",
+    "kernel_shape", "missing graph input", "unknown op", "duplicated graph input", "removed bias",
+    "removed alphas"])
+def test_an_invalid_graph_is_refused_when_read(tmp_path, searched_onnx, capsys, kind):
+    code, err = optimize_cli(tmp_path, damaged(kind, searched_onnx), capsys)
+    assert_one_line_error(code, err, "in.onnx")
+    assert code == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("kind", "value", "named"), [
+    ("nan alphas", [float("nan"), 1.0, 1.0], "searched conv 'conv2'"),
+    ("inf alphas", [float("inf"), 1.0, 1.0], "searched conv 'conv2'"),
+    ("zero alphas", [0.0, 0.0, 0.0], "searched conv 'conv2'"),
+    ("short alphas", [1.0], "/conv2/Gather_1"),
+])
+def test_alphas_that_are_no_numbers_name_the_searched_conv(tmp_path, searched_onnx, capsys, kind, value, named):
+    model = set_initializer(copy.deepcopy(searched_onnx), alphas_name(searched_onnx), np.array(value))
+    code, err = optimize_cli(tmp_path, model, capsys)
+    assert_one_line_error(code, err, "in.onnx", named)
+    assert code == 2
+
+
+@pytest.mark.parametrize("tensor", ["conv2.weight", "conv2.bias"])
+def test_nan_weights_name_the_node(tmp_path, searched_onnx, capsys, tensor):
+    value = numpy_helper.to_array(next(t for t in searched_onnx.graph.initializer if t.name == tensor)).copy()
+    value.reshape(-1)[0] = np.nan
+    code, err = optimize_cli(tmp_path, set_initializer(copy.deepcopy(searched_onnx), tensor, value), capsys)
+    assert_one_line_error(code, err, "in.onnx", "/conv2/Conv", tensor)
+    assert code == 2
+
+
+def test_external_data_shorter_than_its_tensor(tmp_path, searched_onnx, capsys):
+    model = copy.deepcopy(searched_onnx)
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+              size_threshold=0)
+    data = tmp_path / "weights.bin"
+    data.write_bytes(data.read_bytes()[:-100])
+    code, err = run_main(["optimize", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert_one_line_error(code, err, "in.onnx")
+
+
+def test_a_graph_is_checked_before_it_is_written_unchanged(tmp_path, searched_onnx, capsys):
+    """Damage outside any searched conv (conv1's folded bias gone) is refused, not copied to the output."""
+    model = copy.deepcopy(searched_onnx)
+    bias = node(model, "/conv1/Conv").input[2]
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == bias))
+    code, err = optimize_cli(tmp_path, model, capsys)
+    assert_one_line_error(code, err, "in.onnx", bias)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_valid_graph_still_optimizes(tmp_path, searched_onnx, capsys):
+    code, err = optimize_cli(tmp_path, searched_onnx, capsys)
+    assert code == 0, err
+    onnx.checker.check_model(onnx.load(tmp_path / "out" / "model.onnx"), full_check=True)
+
+
+def run_entry_bounded(argv: list[str], cwd: Path, seconds: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "rfdeploy", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=seconds, check=False)
+
+
+@pytest.mark.parametrize("which", ["fifo", "/dev/zero"])
+def test_an_onnx_path_that_is_no_regular_file_is_not_read(tmp_path, which):
+    path = tmp_path / "in.onnx"
+    if which == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path(which)
+    result = run_entry_bounded(["optimize", str(path), "--out", str(tmp_path / "out")], tmp_path, seconds=30)
+    assert_one_line_error(result.returncode, result.stderr, str(path))
+    assert result.returncode == 2
