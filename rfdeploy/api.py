@@ -200,7 +200,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         int8_files = (INT8_FILE,) if lowered is not None and lowered.precision == "int8" else ()
         check_output_dir(out, ("model.onnx", "report.json", FAILED_REPORT) + engine_files + int8_files)
     if save_io is not None:
-        check_output_dir(Path(save_io).parent, (Path(save_io).name,))
+        _check_save_io(save_io)
     step("loading")
     loaded = load(model, ckpt, structure)
     own = load_inputs(inputs, io_names(len(input_shapes or loaded.input_shapes or [()]), "input")) if inputs else None
@@ -294,6 +294,17 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     if write:
         _write(exported)
     return exported
+
+
+def _check_save_io(path: str | Path) -> None:
+    """``--save-io`` names a file that can be written; the error names the option."""
+    target = Path(path)
+    try:
+        if target.name in ("", ".", ".."):
+            raise RFDeployError("names no file")
+        check_output_dir(target.parent, (target.name,))
+    except RFDeployError as error:
+        raise RFDeployError(f"--save-io '{path}': {error}") from None
 
 
 def _verification(searched: Reference, compiled: nn.Module, onnx_model: onnx.ModelProto, sets: list[InputSet],

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,11 @@ import pytest
 import torch
 from cli_util import Files, assert_one_line_error, run_main, tiny_model
 from onnx import helper, numpy_helper
+from test_strict_inputs import in_a_thread
 
 from rfdeploy import api
+from rfdeploy.errors import RFDeployError
+from rfdeploy.quantize.calibration import ImagePreprocess, calibration_data
 
 SHAPE = (1, 3, 12, 12)
 
@@ -30,6 +35,13 @@ SHAPE = (1, 3, 12, 12)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Files:
     return Files(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture()
+def cli_files(files, monkeypatch) -> Files:
+    """``files`` with its model module importable, for the CLI's ``--model``."""
+    monkeypatch.syspath_prepend(str(files.root))
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +203,74 @@ def test_an_onnx_path_that_is_no_regular_file_is_not_read(tmp_path, which):
     result = run_entry_bounded(["optimize", str(path), "--out", str(tmp_path / "out")], tmp_path, seconds=30)
     assert_one_line_error(result.returncode, result.stderr, str(path))
     assert result.returncode == 2
+
+
+# ---------------------------------------------------------------- --inputs, --save-io, --calib
+
+def header_only_npy(shape: tuple[int, ...]) -> bytes:
+    """An .npy header declaring ``shape`` float32, followed by 64 bytes: what a hostile file claims."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+HUGE = (1, 3, 131072, 77000)  # 112 GiB of float32
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_inputs_whose_header_declares_more_than_the_file_holds(cli_files, tmp_path, capsys, suffix):
+    path = tmp_path / f"huge{suffix}"
+    if suffix == ".npz":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("input.npy", header_only_npy(HUGE))
+    else:
+        path.write_bytes(header_only_npy(HUGE))
+    code, err = run_main(cli_files.args() + ["--inputs", str(path)], capsys)
+    assert_one_line_error(code, err, str(path), "131072")
+    assert code == 2
+
+
+def test_save_io_without_a_file_name_names_the_option(cli_files, capsys):
+    code, err = run_main(cli_files.args() + ["--save-io", ""], capsys)
+    assert_one_line_error(code, err, "--save-io")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG claiming ``width`` x ``height`` RGB pixels, with no pixel data."""
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+
+
+def calibrate_on(folder: Path, preprocess: ImagePreprocess | None = None):
+    return calibration_data(str(folder), [SHAPE], 1, preprocess=preprocess)
+
+
+@pytest.mark.parametrize("side", [10000, 15000, 65535])
+def test_a_calibration_image_over_the_pixel_limit_is_refused_by_name(tmp_path, side):
+    pytest.importorskip("PIL")
+    (tmp_path / "a.png").write_bytes(png_header(side, side))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(RFDeployError, match=r"a\.png"):
+        warnings.simplefilter("always")
+        calibrate_on(tmp_path)
+    assert not caught  # Pillow's warning would be a second line on stderr
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["fifo", "symlink to a fifo"])
+def test_a_fifo_among_calibration_images_is_refused_not_read(tmp_path, link):
+    pytest.importorskip("PIL")
+    fifo = tmp_path / ("elsewhere.fifo" if link else "zz.png")
+    os.mkfifo(fifo)
+    if link:
+        (tmp_path / "zz.png").symlink_to(fifo)
+    error = in_a_thread(lambda: calibrate_on(tmp_path))
+    assert isinstance(error, RFDeployError) and "zz.png" in str(error)
+
+
+def test_a_calibration_size_beyond_sense_is_refused_naming_the_option(cli_files, tmp_path, capsys):
+    code, err = run_main(cli_files.args() + ["--precision", "int8", "--calib", str(tmp_path),
+                                         "--calib-size", "100000,100000"], capsys)
+    assert_one_line_error(code, err, "--calib-size")
