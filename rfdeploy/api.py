@@ -287,6 +287,8 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
         report["tensorrt"] = {"sidecar": exported.engine.sidecar.to_json(), "verification": check.to_json()}
         verification["passed"] = verification["passed"] and check.passed
     if triton is not None and verification["passed"]:
+        if triton.name is None:
+            triton = replace(triton, name=triton_repository.default_name(loaded.model_name))
         int8 = exported.precision.model if exported.precision is not None else None
         served = triton_repository.served_export(int8 if int8 is not None else onnx_model, exported.engine, tuning)
         exported.triton = triton_repository.plan_repository(triton, served)

@@ -10,6 +10,7 @@ different model under that name is refused. Start Triton on REPO (see the README
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
@@ -46,16 +47,38 @@ def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> tri
     raise RFDeployError(f"{path}: not an ONNX model (.onnx) or TensorRT engine (.engine, .plan)")
 
 
+REPORT_BYTES = 64 << 20  # a report.json larger than this is no export's
+
+
+def exported_name(path: Path) -> tuple[str, str]:
+    """The name an export's model goes by, and where it came from: the ``model`` (``export``) or ``input``
+    (``optimize``) recorded in the report beside it, else the file's stem."""
+    report = path.parent / "report.json"
+    try:
+        recorded = json.loads(report.read_bytes()) if report.is_file() and report.stat().st_size < REPORT_BYTES else {}
+    except (OSError, ValueError):
+        recorded = {}
+    model = recorded.get("model") if isinstance(recorded, dict) else None
+    source = recorded.get("input") if isinstance(recorded, dict) else None
+    if isinstance(model, str) and model:
+        return triton.default_name(model), f"the exported model '{model}' in {report}"
+    if isinstance(source, str) and source:
+        return triton.default_name(Path(source).stem), f"the optimized graph '{source}' in {report}"
+    return triton.default_name(path.stem), f"the file name {path.name}"
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
-    wanted = triton_request_of(args, args.repo, triton.default_name(path.stem) if args.name is None else args.name)
+    name, origin = exported_name(path) if args.name is None else (args.name, None)
+    wanted = triton_request_of(args, args.repo, name)
     served = served_model(path, Path(args.onnx) if args.onnx else None, args.threads)
     plan = triton.plan_repository(wanted, served)
-    print_plan(plan, triton.write_repository(plan))
+    print_plan(plan, triton.write_repository(plan), origin)
     return 0
 
 
-def print_plan(plan: triton.RepositoryPlan, written: list[Path]) -> None:
-    console.print(f"Triton model '{plan.model_dir.name}' version {plan.version} in {plan.model_dir.parent}:")
+def print_plan(plan: triton.RepositoryPlan, written: list[Path], origin: str | None = None) -> None:
+    named = f" (named after {origin}; --name chooses another)" if origin else ""
+    console.print(f"Triton model '{plan.model_dir.name}' version {plan.version} in {plan.model_dir.parent}{named}:")
     for path in written:
         console.print(f"wrote {path}")
