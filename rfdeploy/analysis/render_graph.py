@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfdeploy.analysis.render_plot import patches, plt
+from rfdeploy.analysis.render_plot import patches, plt, save_figure
 from rfdeploy.analysis.report import INPUT, JoinRF, LayerRF, RFReport
 
 FILL = {"productive": "#ffffff", "border": "#f8b74a", "unproductive": "#f1948a", "global": "#d6eaf8",
@@ -88,8 +88,7 @@ def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
         ("unproductive", "unproductive: its input already sees the whole input"), ("global", "global"))]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(0.2 / fig_w, (header - 0.75 + rows * ROW + 0.2) / fig_h),
               ncol=4, fontsize=8, frameon=False, handlelength=1.2)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _summary(report: RFReport) -> str:
