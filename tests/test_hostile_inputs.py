@@ -274,3 +274,21 @@ def test_a_calibration_size_beyond_sense_is_refused_naming_the_option(cli_files,
     code, err = run_main(cli_files.args() + ["--precision", "int8", "--calib", str(tmp_path),
                                          "--calib-size", "100000,100000"], capsys)
     assert_one_line_error(code, err, "--calib-size")
+
+
+# ---------------------------------------------------------------- bench
+
+def test_bench_refuses_more_threads_than_the_machine_has_cores(cli_files, capsys):
+    code, err = run_main(["bench", "--model", "rfdeploy_cli_tiny_net:build", "--input-shape", "1,3,12,12",
+                          "--threads", "100000"], capsys)
+    assert_one_line_error(code, err, "--threads 100000")
+
+
+# ---------------------------------------------------------------- messages
+
+def test_a_huge_structure_key_is_not_echoed_whole(cli_files, capsys):
+    key = "module." + "k" * 5_000_000
+    structure = cli_files.structure_file("huge-key.json", {"module.conv2": [2, 2], key: "not a dilation"})
+    code, err = run_main(cli_files.args(structure=structure), capsys)
+    assert_one_line_error(code, err, "huge-key.json", "kkkk")
+    assert len(err) < 2000
