@@ -120,6 +120,12 @@ def damaged(kind: str, model: onnx.ModelProto) -> onnx.ModelProto | bytes:
         model.graph.input.append(copy.deepcopy(model.graph.input[0]))
     elif kind == "removed bias":
         model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "conv2.bias"))
+    elif kind == "bias of the wrong size":
+        set_initializer(model, "conv2.bias", np.zeros(0))
+    elif kind == "a name that is not UTF-8":
+        data = model.SerializeToString()
+        at = data.index(b"pytorch")  # the producer's name
+        return data[:at] + b"\xf0" + data[at + 1:]
     elif kind == "removed alphas":
         model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == alphas_name(model)))
     return model
@@ -130,7 +136,7 @@ def damaged(kind: str, model: onnx.ModelProto) -> onnx.ModelProto | bytes:
     "bytes doubled", "duplicate node names", "cycle of Add nodes", "strides 0", "strides -1", "dilations 0",
     "dilations -2", "dilations 100000", "pads -1", "pads 100000", "group 0", "group -16", "group 3",
     "kernel_shape", "missing graph input", "unknown op", "duplicated graph input", "removed bias",
-    "removed alphas"])
+    "removed alphas", "bias of the wrong size", "a name that is not UTF-8"])
 def test_an_invalid_graph_is_refused_when_read(tmp_path, searched_onnx, capsys, kind):
     code, err = optimize_cli(tmp_path, damaged(kind, searched_onnx), capsys)
     assert_one_line_error(code, err, "in.onnx")

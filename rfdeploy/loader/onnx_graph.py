@@ -14,6 +14,8 @@ import os
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from onnx import numpy_helper
 
 from rfdeploy.errors import RFDeployError, first_line
@@ -54,6 +56,9 @@ def check_onnx(model: onnx.ModelProto, source: str, path: str | os.PathLike | No
 
     if not model.graph.node:
         refuse("it holds no graph nodes")
+    undecodable = _undecodable_text(model)
+    if undecodable is not None:
+        refuse(f"its {undecodable} is not UTF-8 text")
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
     if opset is None:
         refuse("it imports no ONNX opset")
@@ -75,6 +80,20 @@ def check_onnx(model: onnx.ModelProto, source: str, path: str | os.PathLike | No
         problem = _node_problem(node, initializers)
         if problem:
             refuse(f"node '{node.name or node.output[0]}' ({node.op_type}): {problem}")
+
+
+def _undecodable_text(message: Message) -> str | None:
+    """The first string field (a name, an op type) that is not UTF-8: protobuf hands such a field over as
+    bytes, which fails later wherever a name is used as text."""
+    for field, value in message.ListFields():
+        items = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_STRING and any(isinstance(item, bytes) for item in items):
+            return field.name
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            inner = next((found for found in map(_undecodable_text, items) if found is not None), None)
+            if inner is not None:
+                return inner
+    return None
 
 
 def _outputs_shaped(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,17 +118,25 @@ def _node_problem(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto
         if value is not None and value.dtype.kind == "f" and not np.isfinite(value).all():
             return f"'{name}' holds NaN or infinite values"
     if node.op_type == "BatchNormalization":
+        sizes = {p.shape for p in params[:4] if p is not None}
+        if len(sizes) > 1 or any(len(size) != 1 for size in sizes):
+            return f"scale, bias, mean and variance of shapes {[list(p.shape) for p in params[:4] if p is not None]}"
         var = params[3] if len(params) > 3 else None
         return "a negative variance" if var is not None and (var < 0).any() else None
+    weight, bias = (params + [None, None])[:2]
+    if weight is not None and weight.ndim < 3:
+        return f"a weight of shape {list(weight.shape)}"
+    if weight is not None and bias is not None and bias.shape != weight.shape[:1]:
+        return f"a bias of shape {list(bias.shape)} for {weight.shape[0]} output channels"
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     for key in ("strides", "dilations"):
         if any(v < 1 for v in attrs.get(key, [])):
             return f"{key} {list(attrs[key])}: each must be 1 or more"
     if any(v < 0 for v in attrs.get("pads", [])):
         return f"pads {list(attrs['pads'])}: each must be 0 or more"
-    group, weight = attrs.get("group", 1), params[0] if params else None
-    if group < 1 or (weight is not None and weight.ndim and weight.shape[0] % group):
-        out = f" {weight.shape[0]}" if weight is not None and weight.ndim else ""
+    group = attrs.get("group", 1)
+    if group < 1 or (weight is not None and weight.shape[0] % group):
+        out = f" {weight.shape[0]}" if weight is not None else ""
         return f"group {group}: must be 1 or more and divide the weight's{out} output channels"
     kernel = attrs.get("kernel_shape")
     if weight is not None and kernel is not None and list(kernel) != list(weight.shape[2:]):
