@@ -10,6 +10,7 @@ import json
 import signal
 import warnings
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -268,3 +269,33 @@ def test_any_tensor_name_or_count_gives_a_config_triton_parses_or_one_line(files
         assert [tensor.name for tensor in parsed.input] == [name] and len(parsed.instance_group) == 1
 
     runs_or_fails_in_one_line(plan)
+
+
+@st.composite
+def images(draw) -> bytes:
+    """A PNG: a real small one mutated, or a header claiming any size up to 65535 x 65535 with no pixels."""
+    from PIL import Image
+
+    if draw(st.booleans()):
+        width, height = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+        header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        chunk = len(header).to_bytes(4, "big") + b"IHDR" + header + zlib.crc32(b"IHDR" + header).to_bytes(4, "big")
+        return b"\x89PNG\r\n\x1a\n" + chunk
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 200)).save(buffer, format="PNG")
+    return mutate_text(buffer.getvalue(), draw)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_calibration_images(files, data):
+    pytest.importorskip("PIL")
+    from rfdeploy.quantize.calibration import calibration_data
+
+    folder = files.root / "fuzzed-images"
+    folder.mkdir(exist_ok=True)
+    for index in range(2):
+        (folder / f"{index}.png").write_bytes(data.draw(images()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on stderr
+        runs_or_fails_in_one_line(lambda: calibration_data(str(folder), [(1, 3, 12, 12)], 1))

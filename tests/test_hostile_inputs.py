@@ -25,7 +25,7 @@ from cli_util import Files, assert_one_line_error, run_main, tiny_model
 from onnx import helper, numpy_helper
 from test_strict_inputs import in_a_thread
 
-from rfdeploy import api
+from rfdeploy import api, cli
 from rfdeploy.errors import RFDeployError
 from rfdeploy.quantize.calibration import ImagePreprocess, calibration_data
 
@@ -298,3 +298,13 @@ def test_a_huge_structure_key_is_not_echoed_whole(cli_files, capsys):
     code, err = run_main(cli_files.args(structure=structure), capsys)
     assert_one_line_error(code, err, "huge-key.json", "kkkk")
     assert len(err) < 2000
+
+
+def test_onnxruntimes_own_log_lines_do_not_reach_stderr(tmp_path, searched_onnx, capfd):
+    """A graph that fails inside onnxruntime at the verification shape: its error is the only line."""
+    model = copy.deepcopy(searched_onnx)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "channels"
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path)
+    code = cli.main(["optimize", str(path), "--out", str(tmp_path / "out"), "--input-shape", "1,5,12,12"])
+    assert_one_line_error(code, capfd.readouterr().err, "in.onnx", "1,5,12,12")
