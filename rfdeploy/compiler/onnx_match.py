@@ -4,7 +4,7 @@ A searched conv in ONNX: several ``Conv`` nodes read one input with one weight (
 stride and groups, at different dilations and paddings; each output (through a ``Relu`` for G2L) is
 multiplied by a scalar, and the products are summed by a tree of ``Add`` / ``Sum`` nodes. The scalars
 are the normalised alphas: folded constants, or the ``Abs``/``ReduceSum``/``Div``/``Gather`` chain over an
-initializer; whatever computes them, they are read by folding the graph's constants on a copy. The rates
+initializer; whatever computes them, they are read by evaluating the constant nodes in graph order. The rates
 are the ``Conv`` nodes' dilations, so no structure file is needed.
 
 Only what is exactly such a sum matches: a weight that differs between branches, a scale with more than
@@ -56,8 +56,8 @@ class _Term:
     scale: float
 
 
-# The ops constant folding evaluates: what computes alphas and scales from initializers. None makes a tensor
-# larger than its inputs but by broadcasting or gathering, which _output_size bounds before evaluating.
+# The ops constant folding evaluates: what computes alphas and scales from initializers. Only broadcasting
+# and gathering make an output larger than the inputs, and _output_size bounds those before evaluating.
 FOLDABLE = frozenset({
     "Constant", "Identity", "Cast", "Abs", "Neg", "Relu", "Sigmoid", "Exp", "Log", "Sqrt", "Reciprocal", "Softmax",
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Clip", "ReduceSum", "ReduceMean", "ReduceMax",
@@ -72,19 +72,25 @@ class ConstantValues:
     topological) with ONNX's reference evaluator. Other ops (custom domains, shapes of inputs) stay unknown."""
 
     def __init__(self, graph: gs.Graph):
-        self.values: dict[str, np.ndarray] = {
-            name: np.asarray(tensor.values) for name, tensor in graph.tensors().items()
-            if isinstance(tensor, gs.Constant)}
+        self.constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+        self.computed: dict[str, np.ndarray] = {}
         for node in graph.nodes:
-            inputs = [self.values.get(t.name) if t.name else None for t in node.inputs]
-            if node.domain or node.op not in FOLDABLE or any(t.name and v is None for t, v in zip(node.inputs, inputs)):
+            known = all(not t.name or t.name in self.constants or t.name in self.computed for t in node.inputs)
+            if node.domain or node.op not in FOLDABLE or not known:
                 continue
-            if _output_size(node, inputs) > FOLD_LIMIT:
-                continue
-            self.values.update(zip((t.name for t in node.outputs), _evaluate(node, inputs, graph.opset)))
+            inputs = [self.value(t.name) if t.name else None for t in node.inputs]
+            if _output_size(node, inputs) <= FOLD_LIMIT:
+                self.computed.update(zip((t.name for t in node.outputs), _evaluate(node, inputs, graph.opset)))
+
+    def value(self, name: str) -> np.ndarray | None:
+        """An initializer's or Constant's value (read when asked: most are weights), or a computed one."""
+        if name in self.computed:
+            return self.computed[name]
+        constant = self.constants.get(name)
+        return None if constant is None else np.asarray(constant.values)
 
     def __call__(self, tensor: gs.Tensor) -> np.ndarray | None:
-        return self.values.get(tensor.name)
+        return self.value(tensor.name)
 
 
 def _output_size(node: gs.Node, inputs: list[np.ndarray | None]) -> int:

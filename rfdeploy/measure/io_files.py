@@ -33,7 +33,7 @@ def read_arrays(path: Path, what: str = "inputs") -> dict[str, np.ndarray]:
             return {"arr_0": loaded}
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile) as error:
         raise RFDeployError(f"{path}: not a readable .npz/.npy of {what} arrays ({first_line(error)})") from None
 
 

@@ -210,14 +210,15 @@ def plan_repository(request: TritonRequest, served: ServedModel) -> RepositoryPl
 def schema() -> ModuleType:
     """Triton's ``ModelConfig`` schema as tritonclient ships it, loaded from its file: the package around it
     would import grpc, which writing a config does not need."""
-    spec = importlib.util.find_spec("tritonclient")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(locations[0]) / "grpc" / "model_config_pb2.py" if locations else None
-    loader = importlib.util.spec_from_file_location("rfdeploy_triton_model_config_pb2", path) if path else None
-    if path is None or not path.is_file() or loader is None or loader.loader is None:
+    package = importlib.util.find_spec("tritonclient")
+    folders = list(package.submodule_search_locations or []) if package is not None else []
+    path = Path(folders[0]) / "grpc" / "model_config_pb2.py" if folders else None
+    if path is None or not path.is_file():
         raise RFDeployError(SCHEMA_HINT)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
+    spec = importlib.util.spec_from_file_location("rfdeploy_triton_model_config_pb2", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
