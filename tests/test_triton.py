@@ -408,6 +408,13 @@ def test_a_corrupt_onnx_model_is_one_line(exported, tmp_path, capsys):
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_model_path_that_is_a_fifo_is_refused_not_read(tmp_path, capsys):
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    code, err = run_main(["triton", str(fifo), "--repo", str(tmp_path / "repo")], capsys)
+    assert_one_line_error(code, err, str(fifo), "not a regular file")
+
+
 def test_a_version_folder_with_a_non_ascii_digit_is_not_a_version(exported, tmp_path):
     command = ["triton", str(exported.root / "dynamic" / "model.onnx"), "--repo", str(tmp_path), "--name", "tiny"]
     assert cli.main(command) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
 from rfdeploy.commands.common import COUNT, add_serving_arguments, console, triton_request_of
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.input_file import regular_file
 from rfdeploy.serve import triton
 
 
@@ -24,7 +25,8 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("model", help="the verified model: DIR/model.onnx or DIR/model.engine (with its sidecar)")
     parser.add_argument("--repo", required=True, help="the Triton model repository folder (required, no default)")
-    parser.add_argument("--name", help="model name in the repository (default: the model file's name)")
+    parser.add_argument("--name", help="model name in the repository (default: the exported model's, read from "
+                                       "the report.json beside the file, else the file's name)")
     parser.add_argument("--onnx", help="for an engine: the ONNX model it was built from (default: ENGINE with .onnx)")
     parser.add_argument("--threads", type=COUNT, help="onnxruntime intra-op threads per instance (default: "
                                                     "onnxruntime's); rfdeploy export --tune onnxruntime reports them")
@@ -33,8 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> triton.ServedModel:
-    if not path.is_file():
-        raise RFDeployError(f"{path}: no such model file")
+    regular_file(path, "model file")  # a FIFO would block the read
     if path.suffix == ".onnx":
         return triton.served_onnx(path.read_bytes(), str(path), threads)
     if path.suffix in (".engine", ".plan"):
