@@ -150,7 +150,7 @@ def _image_files(folder: Path, shapes: list[tuple[int, ...]]) -> list[Path]:
 
 
 def _image_tensor(path: Path, size: tuple[int, int], preprocess: ImagePreprocess) -> np.ndarray:
-    regular_file(path, "image")  # a FIFO named like an image would block Image.open for ever
+    regular_file(path, "calibration image")  # a FIFO named like an image would block Image.open for ever
     try:
         with warnings.catch_warnings():  # Pillow warns of images over its pixel limit: refused here, not read
             warnings.simplefilter("error", Image.DecompressionBombWarning)
