@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_util import SEARCH, Files, tiny_model
+from cli_util import SEARCH, Files, searched_onnx_bytes, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -169,14 +169,7 @@ def runs_or_fails_in_one_line(call) -> None:
 
 @pytest.fixture(scope="module")
 def searched_onnx(files) -> bytes:
-    """The tiny searched model as torch.onnx writes it (conv2: three branches and the alpha arithmetic)."""
-    searched = api.load(tiny_model(), files.ckpt, files.structure).searched.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(searched, (torch.randn(1, 3, 12, 12),), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"])
-    return buffer.getvalue()
+    return searched_onnx_bytes(files)
 
 
 CONV_ATTRIBUTES = ["strides", "dilations", "pads", "group", "kernel_shape"]

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
-from cli_util import Files, assert_one_line_error, run_main, tiny_model
+from cli_util import Files, assert_one_line_error, run_main, searched_onnx_bytes
 from onnx import helper, numpy_helper
 from test_strict_inputs import in_a_thread
 
-from rfdeploy import api, cli
+from rfdeploy import cli
 from rfdeploy.errors import RFDeployError
 from rfdeploy.quantize.calibration import ImagePreprocess, calibration_data
 
@@ -46,14 +45,7 @@ def cli_files(files, monkeypatch) -> Files:
 
 @pytest.fixture(scope="module")
 def searched_onnx(files) -> onnx.ModelProto:
-    """The tiny searched model as torch.onnx writes it: conv1, then conv2's three branches and alpha chain."""
-    searched = api.load(tiny_model(), files.ckpt, files.structure).searched.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(searched, (torch.randn(*SHAPE),), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"])
-    return onnx.load_from_string(buffer.getvalue())
+    return onnx.load_from_string(searched_onnx_bytes(files))
 
 
 def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
