@@ -300,3 +300,17 @@ def test_onnxruntimes_own_log_lines_do_not_reach_stderr(tmp_path, searched_onnx,
     onnx.save(model, path)
     code = cli.main(["optimize", str(path), "--out", str(tmp_path / "out"), "--input-shape", "1,5,12,12"])
     assert_one_line_error(code, capfd.readouterr().err, "in.onnx", "1,5,12,12")
+
+
+def test_a_long_chain_of_adds_is_a_valid_graph_not_a_recursion(tmp_path, capsys):
+    """2000 ``Add`` nodes, each read by the next only: the sum under the last one is 2000 deep."""
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="relu")]
+    previous = "r"
+    for index in range(2000):
+        nodes.append(helper.make_node("Add", [previous, "r"], [f"a{index}"], name=f"add{index}"))
+        previous = f"a{index}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, [1, 4])])
+    code, err = optimize_cli(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), capsys)
+    assert code == 0, err
+    assert "no searched conv" in err

@@ -147,16 +147,26 @@ def _producer(tensor: gs.Tensor, op: str | tuple[str, ...]) -> gs.Node | None:
 
 
 def sum_tree(node: gs.Node, graph_outputs: set[str]) -> tuple[list[gs.Node], list[gs.Tensor]]:
-    """The sum nodes under ``node`` that only feed this sum, and the tensors they add up."""
-    nodes, leaves = [node], []
-    for tensor in node.inputs:
-        inner = _producer(tensor, SUM_OPS)
-        if inner is not None and _only_consumer(tensor, graph_outputs) is node:
-            inner_nodes, inner_leaves = sum_tree(inner, graph_outputs)
-            nodes += inner_nodes
-            leaves += inner_leaves
-        else:
-            leaves.append(tensor)
+    """The sum nodes under ``node`` that only feed this sum (``node`` first, then depth first), and the
+    tensors they add up, left to right. A loop, not recursion: a chain of a thousand ``Add`` nodes is a
+    valid graph."""
+    nodes: list[gs.Node] = []
+    leaves: list[gs.Tensor] = []
+    taken: set[int] = set()  # a cycle (which the checker refuses on reading) ends here too
+    pending: list[gs.Node | gs.Tensor] = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, gs.Tensor):
+            leaves.append(item)
+            continue
+        nodes.append(item)
+        taken.add(id(item))
+        parts = []
+        for tensor in item.inputs:
+            inner = _producer(tensor, SUM_OPS)
+            inside = inner is not None and id(inner) not in taken and _only_consumer(tensor, graph_outputs) is item
+            parts.append(inner if inside else tensor)
+        pending.extend(reversed(parts))
     return nodes, leaves
 
 
