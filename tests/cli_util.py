@@ -3,17 +3,19 @@ interpreter, or ``rfdeploy.cli.main`` in this one."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
 
-from rfdeploy import cli
+from rfdeploy import api, cli
 
 MODULE = "rfdeploy_cli_tiny_net"  # a module name no other test uses
 MODEL = f"{MODULE}:build"
@@ -114,3 +116,15 @@ def tiny_model() -> torch.nn.Module:
     namespace: dict = {}
     exec(TINY_NET, namespace)  # noqa: S102  # our own source text
     return namespace["build"]()
+
+
+def searched_onnx_bytes(files: Files) -> bytes:
+    """The tiny searched model as a generic exporter writes it (``torch.onnx.export``): conv1, then conv2's
+    three branches, their scaling ``Mul`` nodes and the ``Abs``/``ReduceSum``/``Div``/``Gather`` alpha chain."""
+    searched = api.load(tiny_model(), files.ckpt, files.structure).searched.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(searched, (torch.randn(1, 3, 12, 12),), buffer, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"])
+    return buffer.getvalue()

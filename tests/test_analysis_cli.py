@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_util import assert_one_line_error
 from torch import nn
 
 from rfdeploy.cli import main
@@ -103,3 +104,12 @@ def test_zoo_resnet50_at_its_default_size(capsys):
         pytest.skip("the zoo has no resnet50")
     data = run_json(capsys, "--model", "resnet50")
     assert data["input_size"] == [224, 224] and data["receptive_field"] == [427, 427]
+
+
+@pytest.mark.parametrize(("option", "name"), [("--graph", "g.txt"), ("--graph", "g"), ("--plot", "p.jpeg")])
+def test_a_picture_named_without_a_format_rfdeploy_draws_is_refused(capsys, structure, tmp_path, option, name):
+    argv = ["analyze", "--model", "test_analysis_cli:small_net", "--input-size", "8", "--structure",
+            str(structure), option, str(tmp_path / name)]
+    code = main(argv)
+    assert_one_line_error(code, capsys.readouterr().err, option, name)
+    assert not any(tmp_path.glob("g*")) and not any(tmp_path.glob("p*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,28 @@ def test_checkpoint_without_tensors_is_a_clean_error(tmp_path):
     torch.save({"meta": {"epoch": 3}, "state_dict": {"note": "no tensors here"}}, path)
     with pytest.raises(RFDeployError, match="meta-only.pth"):
         load_checkpoint(path)
+
+
+def test_a_bit_flipped_inside_a_tensor_record_fails_its_crc(tmp_path):
+    path = tmp_path / "flipped.pth"
+    torch.save({"state_dict": weights()}, path)
+    with zipfile.ZipFile(path) as archive:
+        record = next(info for info in archive.infolist() if "/data/" in info.filename)
+    flipped = bytearray(path.read_bytes())
+    local = record.header_offset  # its local header: 30 bytes, then the name and extra field it gives there
+    names = int.from_bytes(flipped[local + 26:local + 28], "little") + int.from_bytes(flipped[local + 28:local + 30],
+                                                                                      "little")
+    data_start = local + 30 + names
+    flipped[data_start + record.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(RFDeployError, match="CRC") as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value) and record.filename in str(error.value)
+
+
+def test_a_tensor_on_the_meta_device_is_named(tmp_path):
+    path = tmp_path / "meta.pth"
+    torch.save({"state_dict": {**weights(), "conv.weight": torch.empty(4, 3, 3, 3, device="meta")}}, path)
+    with pytest.raises(RFDeployError, match="conv.weight.*meta") as error:
+        load_checkpoint(path)
+    assert str(path) in str(error.value)

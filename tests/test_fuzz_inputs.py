@@ -1,18 +1,24 @@
 """Property: whatever a structure file or a checkpoint holds (truncated, bit-flipped, wrong types, huge or
 negative numbers, NaN alphas, zero-size tensors), loading it either succeeds or raises the one-line
-RFDeployError. Never another exception, never a hang."""
+RFDeployError. Never another exception, never a hang. The same for an ONNX graph given to ``optimize``,
+an ``--inputs`` file, and the tensor names and counts of a Triton config."""
 
 from __future__ import annotations
 
 import io
 import json
 import signal
+import warnings
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
-from cli_util import SEARCH, Files, tiny_model
+from cli_util import SEARCH, Files, searched_onnx_bytes, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +155,140 @@ def test_mutated_rfconv_checkpoints(files, data):
     path = files.root / "fuzzed-rfconv.pth"
     path.write_bytes(data.draw(checkpoints(rfconv_state(files))))
     loads_or_fails_in_one_line(path, None)
+
+
+# ---------------------------------------------------------------- the other entry points (issue 23)
+
+def runs_or_fails_in_one_line(call) -> None:
+    with no_hang():
+        try:
+            call()
+        except RFDeployError as error:
+            assert "\n" not in str(error) and "\r" not in str(error), str(error)
+
+
+@pytest.fixture(scope="module")
+def searched_onnx(files) -> bytes:
+    return searched_onnx_bytes(files)
+
+
+CONV_ATTRIBUTES = ["strides", "dilations", "pads", "group", "kernel_shape"]
+ATTRIBUTE_VALUES = st.sampled_from([0, -1, 1, 2, 3, 7, 16, 10**5, -(2**31)])
+
+
+@st.composite
+def onnx_graphs(draw, data: bytes) -> bytes:
+    """A searched-conv graph damaged in one way: its bytes, a conv attribute, an initializer's values, the
+    opset, or a node's op."""
+    model = onnx.load_from_string(data)
+    kind = draw(st.sampled_from(["bytes", "attribute", "initializer", "opset", "op"]))
+    if kind == "bytes":
+        return mutate_text(data, draw)
+    if kind == "attribute":
+        conv = draw(st.sampled_from([n for n in model.graph.node if n.op_type == "Conv"]))
+        key = draw(st.sampled_from(CONV_ATTRIBUTES))
+        value = draw(ATTRIBUTE_VALUES)
+        kept = [a for a in conv.attribute if a.name != key]
+        del conv.attribute[:]
+        count = {"group": 0, "pads": 4}.get(key, 2)
+        conv.attribute.extend([*kept, onnx.helper.make_attribute(key, value if key == "group" else [value] * count)])
+    elif kind == "initializer":
+        tensor = draw(st.sampled_from(list(model.graph.initializer)))
+        values = onnx.numpy_helper.to_array(tensor).astype(np.float32).copy()
+        if values.size:
+            values.reshape(-1)[draw(st.integers(0, values.size - 1))] = draw(st.sampled_from(FILLS))
+        if draw(st.booleans()):
+            values = values.reshape(-1)[: draw(st.integers(0, values.size))]
+        tensor.CopyFrom(onnx.numpy_helper.from_array(values, tensor.name))
+    elif kind == "opset":
+        model.opset_import[0].version = draw(st.sampled_from([-1, 0, 1, 7, 11, 13, 99, 10000]))
+    else:
+        node = draw(st.sampled_from(list(model.graph.node)))
+        node.op_type = draw(st.sampled_from(["Add", "Sum", "Mul", "Conv", "Relu", "Identity", "Frobnicate"]))
+    return model.SerializeToString()
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_onnx_graphs_given_to_optimize(files, searched_onnx, data):
+    path = files.root / "fuzzed.onnx"
+    path.write_bytes(data.draw(onnx_graphs(searched_onnx)))
+    runs_or_fails_in_one_line(lambda: api.optimize(path, files.root / "fuzzed-out"))
+
+
+@st.composite
+def npz_files(draw) -> bytes:
+    """An inputs file: a good one mutated, or an .npy header declaring any shape over a few bytes."""
+    if draw(st.booleans()):
+        shape = tuple(draw(st.lists(st.integers(0, 2**20), min_size=1, max_size=4)))
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("input.npy", header.getvalue() + bytes(draw(st.integers(0, 64))))
+        return buffer.getvalue()
+    buffer = io.BytesIO()
+    np.savez(buffer, input=np.ones((1, 3, 12, 12), np.float32))
+    return mutate_text(buffer.getvalue(), draw)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_inputs_files(files, data):
+    path = files.root / "fuzzed.npz"
+    path.write_bytes(data.draw(npz_files()))
+    runs_or_fails_in_one_line(lambda: api.export(tiny_model(), files.ckpt, files.structure,
+                                                 input_shapes=[(1, 3, 12, 12)], inputs=path, write=False))
+
+
+@FUZZ
+@given(name=st.text(max_size=40), instances=st.integers(-5, 2**40), max_batch=st.none() | st.integers(-5, 2**40))
+def test_any_tensor_name_or_count_gives_a_config_triton_parses_or_one_line(files, searched_onnx, name, instances,
+                                                                           max_batch):
+    from google.protobuf import text_format
+
+    from rfdeploy.serve import triton
+
+    model = onnx.load_from_string(searched_onnx)
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if value == "input" else value for value in node.input]
+
+    def plan():
+        served = triton.served_onnx(model.SerializeToString(), "fuzzed.onnx")
+        config = triton.plan_repository(triton.TritonRequest(files.root / "repo", "m", max_batch, instances),
+                                        served).config
+        parsed = text_format.Parse(config, triton.schema().ModelConfig())
+        assert [tensor.name for tensor in parsed.input] == [name] and len(parsed.instance_group) == 1
+
+    runs_or_fails_in_one_line(plan)
+
+
+@st.composite
+def images(draw) -> bytes:
+    """A PNG: a real small one mutated, or a header claiming any size up to 65535 x 65535 with no pixels."""
+    from PIL import Image
+
+    if draw(st.booleans()):
+        width, height = draw(st.integers(0, 65535)), draw(st.integers(0, 65535))
+        header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+        chunk = len(header).to_bytes(4, "big") + b"IHDR" + header + zlib.crc32(b"IHDR" + header).to_bytes(4, "big")
+        return b"\x89PNG\r\n\x1a\n" + chunk
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 200)).save(buffer, format="PNG")
+    return mutate_text(buffer.getvalue(), draw)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_calibration_images(files, data):
+    pytest.importorskip("PIL")
+    from rfdeploy.quantize.calibration import calibration_data
+
+    folder = files.root / "fuzzed-images"
+    folder.mkdir(exist_ok=True)
+    for index in range(2):
+        (folder / f"{index}.png").write_bytes(data.draw(images()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on stderr
+        runs_or_fails_in_one_line(lambda: calibration_data(str(folder), [(1, 3, 12, 12)], 1))

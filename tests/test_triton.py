@@ -54,6 +54,7 @@ def model_config_pb2():
 
 
 SCHEMA = model_config_pb2()
+SERVED_NAME = "rfdeploy_cli_tiny_net_build"  # the tiny model's name (MODEL) as a Triton model name
 
 
 def parse(config: str):
@@ -127,17 +128,17 @@ def test_export_with_a_dynamic_batch_writes_a_batching_onnxruntime_model(in_root
 def test_static_batch_gives_max_batch_size_0_with_full_dims(exported, tmp_path):
     model = exported.root / "static" / "model.onnx"
     assert cli.main(["triton", str(model), "--repo", str(tmp_path), "--threads", "3"]) == 0
-    config = parse((tmp_path / "model" / "config.pbtxt").read_text())
+    config = parse((tmp_path / SERVED_NAME / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and config.WhichOneof("scheduling_choice") is None
     assert config.parameters["intra_op_thread_count"].string_value == "3"
     assert_config_matches_graph(config, model, batched=False)
-    assert (tmp_path / "model" / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    assert (tmp_path / SERVED_NAME / "1" / "model.onnx").read_bytes() == model.read_bytes()
 
 
 def test_symbolic_spatial_dims_are_minus_one(exported, tmp_path):
     model = exported.root / "shapes" / "model.onnx"
     assert cli.main(["triton", str(model), "--repo", str(tmp_path)]) == 0
-    config = parse((tmp_path / "model" / "config.pbtxt").read_text())
+    config = parse((tmp_path / SERVED_NAME / "config.pbtxt").read_text())
     assert config.max_batch_size == triton.DEFAULT_MAX_BATCH
     assert list(config.input[0].dims) == [3, -1, -1]
     assert_config_matches_graph(config, model, batched=True)
@@ -155,6 +156,22 @@ def test_threads_found_best_by_tuning_on_onnxruntime_go_into_the_config(in_root,
 def test_default_name_is_the_model_name_made_valid(in_root, tmp_path):
     assert cli.main(in_root.args() + ["--out", str(tmp_path / "out"), "--triton", str(tmp_path)]) == 0
     assert (tmp_path / MODEL.replace(":", "_") / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("resnet50", "resnet50"), ("nets/mynet.py:build", "mynet_build"), ("mypkg.nets:build", "mypkg.nets_build")])
+def test_default_names_come_from_the_model_not_its_file_path(model, expected):
+    assert triton.default_name(model) == expected
+
+
+def test_triton_on_an_export_names_the_model_after_its_report_and_says_so(exported, tmp_path, capsys):
+    """Not 'model' after the file: every export's file is model.onnx, so every second one was refused."""
+    for out, repo_name in (("dynamic", "a"), ("static", "b")):
+        code, err = run_main(["triton", str(exported.root / out / "model.onnx"), "--repo", str(tmp_path / repo_name)],
+                             capsys)
+        assert code == 0, err
+        assert (tmp_path / repo_name / SERVED_NAME / "config.pbtxt").is_file()
+        assert f"'{SERVED_NAME}'" in err and "report.json" in err
 
 
 ONNX_TYPES = [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE, TensorProto.INT8,
@@ -329,6 +346,81 @@ def test_bad_triton_options_of_export_are_one_line_errors(in_root, tmp_path, cap
     code, err = run_main(in_root.args() + ["--out", str(out), *extra], capsys)
     assert_one_line_error(code, err, message)
     assert not out.exists() and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- hostile models and options (issue 23)
+
+def renamed_input(onnx_path: Path, name: str, folder: Path) -> Path:
+    model = onnx.load(str(onnx_path))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if value == old else value for value in node.input]
+    path = folder / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+INJECTION = 'in" data_type: TYPE_FP32 dims: [1] } input { name: "x'
+GROUP_INJECTION = 'in" dims: [1] } instance_group { count: 64 kind: KIND_GPU } input { name: "x'
+
+
+@pytest.mark.parametrize("name", [INJECTION, GROUP_INJECTION, "ends in a backslash\\", 'a "quoted" name'])
+def test_tensor_names_cannot_inject_into_the_config(exported, tmp_path, name):
+    path = renamed_input(exported.root / "static" / "model.onnx", name, tmp_path)
+    code = cli.main(["triton", str(path), "--repo", str(tmp_path / "repo"), "--name", "tiny"])
+    if code == 0:  # served: the config has exactly the graph's one input, under its real name
+        config = parse((tmp_path / "repo" / "tiny" / "config.pbtxt").read_text())
+        assert [tensor.name for tensor in config.input] == [name]
+        assert [group.count for group in config.instance_group] == [1]
+    else:
+        assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("name", ["", "line\nbreak", "tab\there"])
+def test_tensor_names_triton_cannot_serve_are_refused(exported, tmp_path, capsys, name):
+    path = renamed_input(exported.root / "static" / "model.onnx", name, tmp_path)
+    code, err = run_main(["triton", str(path), "--repo", str(tmp_path / "repo"), "--name", "tiny"], capsys)
+    assert_one_line_error(code, err, str(path))
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("option", ["--max-batch", "--instances"])
+def test_counts_beyond_tritons_schema_are_refused(exported, tmp_path, capsys, option):
+    code, err = run_main(["triton", str(exported.root / "dynamic" / "model.onnx"), "--repo", str(tmp_path / "repo"),
+                          option, str(10**20)], capsys)
+    assert_one_line_error(code, err, option)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_name_too_long_for_a_folder_leaves_no_repository_behind(exported, tmp_path, capsys):
+    code, err = run_main(["triton", str(exported.root / "dynamic" / "model.onnx"), "--repo", str(tmp_path / "repo"),
+                          "--name", "n" * 300], capsys)
+    assert_one_line_error(code, err, "at most 255")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_corrupt_onnx_model_is_one_line(exported, tmp_path, capsys):
+    path = tmp_path / "model.onnx"
+    path.write_bytes((exported.root / "static" / "model.onnx").read_bytes()[:-50] + b"\xff" * 7)
+    code, err = run_main(["triton", str(path), "--repo", str(tmp_path / "repo")], capsys)
+    assert_one_line_error(code, err, str(path))
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_model_path_that_is_a_fifo_is_refused_not_read(tmp_path, capsys):
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    code, err = run_main(["triton", str(fifo), "--repo", str(tmp_path / "repo")], capsys)
+    assert_one_line_error(code, err, str(fifo), "not a regular file")
+
+
+def test_a_version_folder_with_a_non_ascii_digit_is_not_a_version(exported, tmp_path):
+    command = ["triton", str(exported.root / "dynamic" / "model.onnx"), "--repo", str(tmp_path), "--name", "tiny"]
+    assert cli.main(command) == 0
+    (tmp_path / "tiny" / "\u00b2").mkdir()  # '²'.isdigit() is True, int('²') fails
+    assert cli.main(command) == 0
+    assert (tmp_path / "tiny" / "2" / "model.onnx").is_file()
 
 
 # ---------------------------------------------------------------- a real Triton server (nvidia-pytriton's)

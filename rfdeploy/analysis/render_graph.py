@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfdeploy.analysis.render_plot import patches, plt
+from rfdeploy.analysis.render_plot import patches, plt, save_figure
 from rfdeploy.analysis.report import INPUT, JoinRF, LayerRF, RFReport
 
 FILL = {"productive": "#ffffff", "border": "#f8b74a", "unproductive": "#f1948a", "global": "#d6eaf8",
@@ -44,9 +44,7 @@ class Node:
 
 
 def draw_graph(path: str | Path, title: str, report: RFReport) -> None:
-    fig = figure(title, report)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(figure(title, report), path, dpi=110)
 
 
 def figure(title: str, report: RFReport):

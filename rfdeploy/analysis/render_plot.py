@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rfdeploy.analysis.report import LayerRF, RFReport
+from rfdeploy.artifacts import check_output_file, write_all
 from rfdeploy.errors import RFDeployError
 from rfdeploy.optional import OptionalModule
 
@@ -23,6 +25,27 @@ PLAIN_COLOUR = "#8c8c8c"
 SEARCHED_COLOUR = "#1f77b4"
 BORDER_COLOUR = "#f39c12"
 UNPRODUCTIVE_COLOUR = "#e74c3c"
+
+
+FORMATS = (".png", ".svg")  # what --graph and --plot write, named by the file's suffix
+
+
+def check_picture_file(path: str | Path, option: str) -> Path:
+    """``path`` names a picture rfdeploy can draw (by its suffix) where a file can be written."""
+    if Path(path).suffix.lower() not in FORMATS:
+        raise RFDeployError(f"{option} {path}: name a {' or '.join(FORMATS)} file (the suffix sets the format)")
+    return check_output_file(path)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """The figure in the format its suffix names, written whole or not at all."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=dpi)
+    finally:
+        plt.close(fig)
+    write_all(path.parent, {path.name: buffer.getvalue()})
 
 
 def _spatial_layers(report: RFReport) -> list[LayerRF]:
@@ -78,8 +101,7 @@ def plot_receptive_fields(path: str | Path, title: str, plain: RFReport, searche
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9, frameon=False)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save_figure(fig, path, dpi=150)
 
 
 def _end_label(ax, x: int, receptive_field, colour: str) -> None:

@@ -22,6 +22,10 @@ GPU_HINT = "pip install 'rfdeploy[gpu]' (onnxruntime-gpu, needs an NVIDIA GPU)"
 
 
 Provider = str | tuple[str, dict[str, Any]]
+# onnxruntime logs a failing run or load as a coloured [E:onnxruntime:...] line on stderr before raising;
+# rfdeploy reports the exception in its one error line, so only fatal messages are left to the log
+QUIET = 4
+ort.set_default_logger_severity(QUIET)
 
 
 def providers(device: str, tensorrt: bool = False) -> list[Provider]:
@@ -53,7 +57,7 @@ def tensorrt_provider_options() -> dict[str, Any]:
 
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = QUIET
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -15,7 +15,7 @@ from rich.table import Table
 from torch import nn
 
 from rfdeploy.analysis import RFReport, analyze
-from rfdeploy.artifacts import check_output_file
+from rfdeploy.analysis.render_plot import check_picture_file
 from rfdeploy.commands.common import CONFIG_HELP, MODEL_HELP, console, parse_size, warn
 from rfdeploy.errors import RFDeployError
 
@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and args.config is None and args.ckpt is None:
         raise RFDeployError("--model is needed (a zoo name or package.module:callable; or an OpenMMLab --config) "
                             "unless --ckpt is given")
-    for drawing in (args.graph, args.plot):
+    for option, drawing in (("--graph", args.graph), ("--plot", args.plot)):
         if drawing:
-            check_output_file(drawing)
+            check_picture_file(drawing, option)
     name, plain, searched, rates, default_shape, warnings = _load(args)
     size = _input_size(args.input_size, default_shape, plain)
     warn(warnings)

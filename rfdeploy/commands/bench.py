@@ -40,6 +40,8 @@ from rfdeploy.stages.bench import (
     start_bench,
 )
 
+THREADS_PER_CORE = 4  # the most --threads takes; more than one per core already gets a warning
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="time searched vs compiled model per backend, with accuracy",
@@ -88,6 +90,9 @@ def parse_precisions_arg(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     require(args.random_alphas is None or args.ckpt is None, "--random-alphas replaces a checkpoint's alphas; "
                                                              "give --ckpt or --random-alphas, not both")
+    most = THREADS_PER_CORE * (os.cpu_count() or 1)  # more only wait for a core, and thousands exhaust memory
+    require(args.threads <= most, f"--threads {args.threads}: at most {most} ({THREADS_PER_CORE} per core of "
+                                  f"this machine's {os.cpu_count() or 1})")
     request = precision_request(args, "int8")
     if "int8" in args.precisions:
         require_calibration(request.calib)

@@ -262,7 +262,7 @@ def add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     add_serving_arguments(parser)
 
 
-def triton_request_of(args: argparse.Namespace, repo: str, name: str) -> triton_repository.TritonRequest:
+def triton_request_of(args: argparse.Namespace, repo: str, name: str | None) -> triton_repository.TritonRequest:
     return triton_repository.TritonRequest(Path(repo), name, args.max_batch,
                                 1 if args.instances is None else args.instances, args.kind)
 
@@ -274,7 +274,4 @@ def triton_request(args: argparse.Namespace) -> triton_repository.TritonRequest 
         if given:
             raise RFDeployError(f"--{given[0].replace('_', '-')} needs --triton REPO")
         return None
-    name = args.triton_name
-    if name is None:
-        name = triton_repository.default_name(str(args.model or (args.config and Path(args.config).stem) or "model"))
-    return triton_request_of(args, args.triton, name)
+    return triton_request_of(args, args.triton, args.triton_name)  # no name: the exported model's

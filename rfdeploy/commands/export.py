@@ -223,6 +223,10 @@ def print_summary(result: api.ExportResult) -> None:
     if result.engine is not None:
         check = Verification(**report["tensorrt"]["verification"])
         print_engine(result.engine, check, "the searched PyTorch forward")
+    if "triton" in report:
+        served = report["triton"]
+        console.print(f"Triton model '{served['model']}' version {served['version']} in {served['repository']} "
+                      f"(--triton-name chooses another name)")
     if report["search_ops_left"]:
         console.print(f"[red]search ops left in the graph: {report['search_ops_left']}[/red]")
     for path in result.written:

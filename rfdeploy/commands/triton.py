@@ -10,11 +10,13 @@ different model under that name is refused. Start Triton on REPO (see the README
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
 from rfdeploy.commands.common import COUNT, add_serving_arguments, console, triton_request_of
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.input_file import regular_file
 from rfdeploy.serve import triton
 
 
@@ -23,7 +25,8 @@ def add_parser(subparsers) -> None:
                                    description=__doc__)
     parser.add_argument("model", help="the verified model: DIR/model.onnx or DIR/model.engine (with its sidecar)")
     parser.add_argument("--repo", required=True, help="the Triton model repository folder (required, no default)")
-    parser.add_argument("--name", help="model name in the repository (default: the model file's name)")
+    parser.add_argument("--name", help="model name in the repository (default: the exported model's, read from "
+                                       "the report.json beside the file, else the file's name)")
     parser.add_argument("--onnx", help="for an engine: the ONNX model it was built from (default: ENGINE with .onnx)")
     parser.add_argument("--threads", type=COUNT, help="onnxruntime intra-op threads per instance (default: "
                                                     "onnxruntime's); rfdeploy export --tune onnxruntime reports them")
@@ -32,8 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> triton.ServedModel:
-    if not path.is_file():
-        raise RFDeployError(f"{path}: no such model file")
+    regular_file(path, "model file")  # a FIFO would block the read
     if path.suffix == ".onnx":
         return triton.served_onnx(path.read_bytes(), str(path), threads)
     if path.suffix in (".engine", ".plan"):
@@ -46,16 +48,38 @@ def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> tri
     raise RFDeployError(f"{path}: not an ONNX model (.onnx) or TensorRT engine (.engine, .plan)")
 
 
+REPORT_BYTES = 64 << 20  # a report.json larger than this is no export's
+
+
+def exported_name(path: Path) -> tuple[str, str]:
+    """The name an export's model goes by, and where it came from: the ``model`` (``export``) or ``input``
+    (``optimize``) recorded in the report beside it, else the file's stem."""
+    report = path.parent / "report.json"
+    try:
+        recorded = json.loads(report.read_bytes()) if report.is_file() and report.stat().st_size < REPORT_BYTES else {}
+    except (OSError, ValueError):
+        recorded = {}
+    model = recorded.get("model") if isinstance(recorded, dict) else None
+    source = recorded.get("input") if isinstance(recorded, dict) else None
+    if isinstance(model, str) and model:
+        return triton.default_name(model), f"the exported model '{model}' in {report}"
+    if isinstance(source, str) and source:
+        return triton.default_name(Path(source).stem), f"the optimized graph '{source}' in {report}"
+    return triton.default_name(path.stem), f"the file name {path.name}"
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
-    wanted = triton_request_of(args, args.repo, triton.default_name(path.stem) if args.name is None else args.name)
+    name, origin = exported_name(path) if args.name is None else (args.name, None)
+    wanted = triton_request_of(args, args.repo, name)
     served = served_model(path, Path(args.onnx) if args.onnx else None, args.threads)
     plan = triton.plan_repository(wanted, served)
-    print_plan(plan, triton.write_repository(plan))
+    print_plan(plan, triton.write_repository(plan), origin)
     return 0
 
 
-def print_plan(plan: triton.RepositoryPlan, written: list[Path]) -> None:
-    console.print(f"Triton model '{plan.model_dir.name}' version {plan.version} in {plan.model_dir.parent}:")
+def print_plan(plan: triton.RepositoryPlan, written: list[Path], origin: str | None = None) -> None:
+    named = f" (named after {origin}; --name chooses another)" if origin else ""
+    console.print(f"Triton model '{plan.model_dir.name}' version {plan.version} in {plan.model_dir.parent}{named}:")
     for path in written:
         console.print(f"wrote {path}")

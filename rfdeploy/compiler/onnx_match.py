@@ -4,7 +4,7 @@ A searched conv in ONNX: several ``Conv`` nodes read one input with one weight (
 stride and groups, at different dilations and paddings; each output (through a ``Relu`` for G2L) is
 multiplied by a scalar, and the products are summed by a tree of ``Add`` / ``Sum`` nodes. The scalars
 are the normalised alphas: folded constants, or the ``Abs``/``ReduceSum``/``Div``/``Gather`` chain over an
-initializer; whatever computes them, they are read by folding the graph's constants on a copy. The rates
+initializer; whatever computes them, they are read by evaluating the constant nodes in graph order. The rates
 are the ``Conv`` nodes' dilations, so no structure file is needed.
 
 Only what is exactly such a sum matches: a weight that differs between branches, a scale with more than
@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from rfdeploy.compiler.ir import Branch, ConvIR
+from rfdeploy.errors import RFDeployError, first_line
 
 SUM_OPS = ("Add", "Sum")
 
@@ -55,22 +56,70 @@ class _Term:
     scale: float
 
 
+# The ops constant folding evaluates: what computes alphas and scales from initializers. Only broadcasting
+# and gathering make an output larger than the inputs, and _output_size bounds those before evaluating.
+FOLDABLE = frozenset({
+    "Constant", "Identity", "Cast", "Abs", "Neg", "Relu", "Sigmoid", "Exp", "Log", "Sqrt", "Reciprocal", "Softmax",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Clip", "ReduceSum", "ReduceMean", "ReduceMax",
+    "ReduceMin", "ReduceL1", "ReduceL2", "Gather", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+    "Transpose", "Concat"})
+FOLD_LIMIT = 1 << 24  # elements of a tensor constant folding may make
+
+
 class ConstantValues:
-    """Values of tensors that depend on constants only, read from a constant-folded copy of the graph."""
+    """Values of tensors that depend on constants only: initializers, ``Constant`` nodes and what
+    ``FOLDABLE`` ops compute from them, evaluated node by node in graph order (which the checker made
+    topological) with ONNX's reference evaluator. Other ops (custom domains, shapes of inputs) stay unknown."""
 
     def __init__(self, graph: gs.Graph):
-        folded = graph.copy()
-        logger = gs.logger.G_LOGGER
-        level, logger.severity = logger.severity, logger.CRITICAL  # parts it cannot fold (custom ops) stay
-        try:
-            folded.fold_constants(partitioning="basic", fold_shapes=False)
-        finally:
-            logger.severity = level
-        self.tensors = folded.tensors()
+        self.constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+        self.computed: dict[str, np.ndarray] = {}
+        for node in graph.nodes:
+            known = all(not t.name or t.name in self.constants or t.name in self.computed for t in node.inputs)
+            if node.domain or node.op not in FOLDABLE or not known:
+                continue
+            inputs = [self.value(t.name) if t.name else None for t in node.inputs]
+            if _output_size(node, inputs) <= FOLD_LIMIT:
+                self.computed.update(zip((t.name for t in node.outputs), _evaluate(node, inputs, graph.opset)))
+
+    def value(self, name: str) -> np.ndarray | None:
+        """An initializer's or Constant's value (read when asked: most are weights), or a computed one."""
+        if name in self.computed:
+            return self.computed[name]
+        constant = self.constants.get(name)
+        return None if constant is None else np.asarray(constant.values)
 
     def __call__(self, tensor: gs.Tensor) -> np.ndarray | None:
-        folded = self.tensors.get(tensor.name)
-        return np.asarray(folded.values) if isinstance(folded, gs.Constant) else None
+        return self.value(tensor.name)
+
+
+def _output_size(node: gs.Node, inputs: list[np.ndarray | None]) -> int:
+    """An upper bound of the node's largest output, in elements."""
+    arrays = [a for a in inputs if a is not None]
+    if node.op == "Gather" and len(arrays) == 2:
+        data, indices = arrays
+        axis = int(node.attrs.get("axis", 0))
+        slab = data.size // data.shape[axis] if data.ndim and -data.ndim <= axis < data.ndim and data.shape[axis] else 1
+        return indices.size * slab
+    if node.op in ("Concat", "Reshape", "Slice", "Gather") or not arrays:
+        return sum(a.size for a in arrays)
+    try:
+        return int(np.prod(np.broadcast_shapes(*(a.shape for a in arrays))))
+    except ValueError:  # shapes that do not broadcast: the evaluation says so
+        return 0
+
+
+def _evaluate(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator  # loads every reference op: only when a graph is read
+
+    proto = gs.exporters.onnx_exporter.OnnxExporter.export_node(node)
+    feeds = {name: value for name, value in zip(proto.input, inputs) if name}
+    try:
+        with np.errstate(all="ignore"):  # NaN from 0/0 is checked where it matters, with the layer's name
+            return [np.asarray(v) for v in ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)]
+    except Exception as error:  # noqa: BLE001  # whatever the op's own checks raise
+        raise RFDeployError(f"ONNX node '{node.name}' ({node.op}) fails on its constant inputs: "
+                            f"{first_line(error)}") from None
 
 
 def constant_of(tensor: gs.Tensor, graph_inputs: set[str]) -> gs.Constant | None:
@@ -98,16 +147,26 @@ def _producer(tensor: gs.Tensor, op: str | tuple[str, ...]) -> gs.Node | None:
 
 
 def sum_tree(node: gs.Node, graph_outputs: set[str]) -> tuple[list[gs.Node], list[gs.Tensor]]:
-    """The sum nodes under ``node`` that only feed this sum, and the tensors they add up."""
-    nodes, leaves = [node], []
-    for tensor in node.inputs:
-        inner = _producer(tensor, SUM_OPS)
-        if inner is not None and _only_consumer(tensor, graph_outputs) is node:
-            inner_nodes, inner_leaves = sum_tree(inner, graph_outputs)
-            nodes += inner_nodes
-            leaves += inner_leaves
-        else:
-            leaves.append(tensor)
+    """The sum nodes under ``node`` that only feed this sum (``node`` first, then depth first), and the
+    tensors they add up, left to right. A loop, not recursion: a chain of a thousand ``Add`` nodes is a
+    valid graph."""
+    nodes: list[gs.Node] = []
+    leaves: list[gs.Tensor] = []
+    taken: set[int] = set()  # a cycle (which the checker refuses on reading) ends here too
+    pending: list[gs.Node | gs.Tensor] = [node]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, gs.Tensor):
+            leaves.append(item)
+            continue
+        nodes.append(item)
+        taken.add(id(item))
+        parts = []
+        for tensor in item.inputs:
+            inner = _producer(tensor, SUM_OPS)
+            inside = inner is not None and id(inner) not in taken and _only_consumer(tensor, graph_outputs) is item
+            parts.append(inner if inside else tensor)
+        pending.extend(reversed(parts))
     return nodes, leaves
 
 
@@ -211,6 +270,19 @@ def _batchnorm_after(tensor: gs.Tensor, values: ConstantValues, graph_outputs: s
     return BatchNormParams(node, scale, bias, mean, var, float(node.attrs.get("epsilon", 1e-5)))
 
 
+def _check_values(name: str, terms: list[_Term], branches: list[Branch]) -> None:
+    """A searched conv's scales (its normalised alphas: NaN where every alpha is 0) and weights must be
+    numbers: said here, naming the layer, rather than as a failed verification."""
+    scales = [term.scale for term in terms]
+    if not all(np.isfinite(scales)) or not any(scales):
+        raise RFDeployError(f"searched conv '{name}' ({terms[0].mul.name} ...): its branch scales {scales} are "
+                            f"not finite or all zero (NaN, infinite or all-zero alphas)")
+    for part, tensor in (("weight", branches[0].weight), ("bias", branches[0].bias)):
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise RFDeployError(f"searched conv '{name}' ({terms[0].conv.name}): its {part} holds NaN or "
+                                f"infinite values")
+
+
 def _layer_name(convs: list[gs.Node], taken: set[str]) -> str:
     """The scope the convs share (``/backbone/layer2/layer2.0/Conv_1`` -> ``backbone/layer2/layer2.0``)."""
     scope = os.path.commonprefix([conv.name for conv in convs]).rpartition("/")[0].strip("/")
@@ -231,6 +303,7 @@ def _match(root: gs.Node, values: ConstantValues, graph_outputs: set[str], taken
     branches, geometry = shared
     convs = [t.conv for t in found]
     name = _layer_name(convs, taken)
+    _check_values(name, found, branches)
     ir = ConvIR(name, geometry.stride, geometry.groups, tuple(branches), found[0].relu is not None)
     relus = [t.relu for t in found if t.relu is not None]
     nodes = list({id(n): n for n in [*convs, *relus, *(t.mul for t in found), *sums[::-1]]}.values())

@@ -13,6 +13,7 @@ import json
 import pickle
 import types
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,17 @@ def _read(path: Path):
 
         _check_safetensors_header(path)
         return load_file(str(path))
+    _check_zip_crcs(path)
     return _torch_load(path)
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """torch reads a zip checkpoint's records without checking their CRCs: a flipped bit would load."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ValueError(f"record '{damaged}' fails its CRC check")
 
 
 def state_dict_of(payload, path: Path) -> StateDict:
@@ -97,6 +108,8 @@ def state_dict_of(payload, path: Path) -> StateDict:
     if not any(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
         raise RFDeployError(f"{path}: holds no tensors under string names")
     for key, tensor in tensors.items():
+        if tensor.is_meta:
+            raise RFDeployError(f"{path}: '{key}' is a tensor on the meta device: a shape without values")
         if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
             kind = "quantized" if tensor.is_quantized else "complex" if tensor.is_complex() else str(tensor.layout)
             raise RFDeployError(f"{path}: '{key}' is a {kind} tensor; rfdeploy takes dense real weights")

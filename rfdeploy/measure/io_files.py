@@ -19,19 +19,53 @@ from rfdeploy.artifacts import write_all
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet, Reference
 
+DEFLATE_RATIO = 1032  # deflate's largest expansion
+
 
 def read_arrays(path: Path, what: str = "inputs") -> dict[str, np.ndarray]:
     """The arrays of an .npz (by name) or .npy (``arr_0``), never unpickled."""
     if not path.is_file():
         raise RFDeployError(f"{path}: no such {what} file")
     try:
+        _check_declared_sizes(path)
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a bare .npy: one array
             return {"arr_0": loaded}
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, MemoryError, NotImplementedError, zipfile.BadZipFile) as error:
         raise RFDeployError(f"{path}: not a readable .npz/.npy of {what} arrays ({first_line(error)})") from None
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Every array's header promises no more bytes than its file (or zip member) holds: numpy allocates what
+    the header says before it reads, so a header of 100 GiB in a file of 1 KiB would exhaust memory."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as file:
+                        _check_header(file, _most_bytes(member), f"array '{member.filename[:-4]}'")
+    else:
+        with path.open("rb") as file:
+            _check_header(file, path.stat().st_size, "its array")
+
+
+def _most_bytes(member: zipfile.ZipInfo) -> int:
+    """What a zip member can hold: its stated size, which deflate cannot make over 1032 times its stream."""
+    if member.compress_type == zipfile.ZIP_DEFLATED:
+        return min(member.file_size, member.compress_size * DEFLATE_RATIO)
+    return member.file_size
+
+
+def _check_header(file, size: int, what: str) -> None:
+    version = np.lib.format.read_magic(file)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(file)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > size - file.tell():
+        raise ValueError(f"{what} declares shape {list(shape)} of {dtype} ({declared} bytes) in "
+                         f"{size - file.tell()} bytes of data")
 
 
 def arrays_per_input(path: Path, arrays: dict[str, np.ndarray], input_names: list[str]) -> list[np.ndarray]:

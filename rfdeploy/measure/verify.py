@@ -37,7 +37,8 @@ class OutputError:
         """Infinite where nothing differs; minus infinity where there is noise and no signal."""
         if self.noise == 0:
             return math.inf
-        return 10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+        ratio = self.signal / self.noise if self.signal > 0 else 0.0
+        return 10 * math.log10(ratio) if ratio > 0 else -math.inf  # NaN (infinite outputs) is the worst too
 
     @property
     def max_rel(self) -> float:
@@ -94,11 +95,12 @@ def compare(actual: list[np.ndarray], expected: list[np.ndarray]) -> Comparison:
 def output_error(actual: np.ndarray, expected: np.ndarray) -> OutputError:
     if not actual.size:
         return OutputError(0.0, 0.0)
-    difference = actual - expected
-    norms = float(np.linalg.norm(actual)) * float(np.linalg.norm(expected))
-    cosine = float(np.dot(actual.ravel(), expected.ravel())) / norms if norms > 0 else float(norms == 0)
-    return OutputError(float(np.max(np.abs(difference))), float(np.max(np.abs(expected))),
-                       float(np.sum(expected * expected)), float(np.sum(difference * difference)), cosine)
+    with np.errstate(invalid="ignore", over="ignore"):  # infinite outputs give NaN errors, which fail; no warning
+        difference = actual - expected
+        norms = float(np.linalg.norm(actual)) * float(np.linalg.norm(expected))
+        cosine = float(np.dot(actual.ravel(), expected.ravel())) / norms if norms > 0 else float(norms == 0)
+        return OutputError(float(np.max(np.abs(difference))), float(np.max(np.abs(expected))),
+                           float(np.sum(expected * expected)), float(np.sum(difference * difference)), cosine)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
     try:
         reference = Reference(_runner(original))
     except Exception as error:  # noqa: BLE001  # onnxruntime raises several types for graphs it cannot load
-        return _each_subgraph(original, rewritten, shapes, boundaries, first_line(error, 300), atol, rtol, seed)
+        return _each_subgraph(original, rewritten, shapes, boundaries, first_line(error, 300), source, atol, rtol,
+                              seed)
     try:
         reference.outputs(seeded_inputs(shapes, seed, trials=1)[0])
     except Exception as error:  # noqa: BLE001
@@ -131,7 +132,7 @@ def verify_graphs(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes:
 
 
 def _each_subgraph(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes: list[Shape],
-                   boundaries: list[tuple[str, str, str]], reason: str, atol: float, rtol: float,
+                   boundaries: list[tuple[str, str, str]], reason: str, source: str, atol: float, rtol: float,
                    seed: int) -> dict:
     """Each rewritten subgraph against the original's, fed what the original computes there: the part of the graph
     before the subgraphs (what onnxruntime can run of it) is run on the seeded inputs, and each subgraph's input is
@@ -151,8 +152,12 @@ def _each_subgraph(original: onnx.ModelProto, rewritten: onnx.ModelProto, shapes
                            "error": f"neither onnxruntime nor shape inference gives '{start}' a concrete shape"})
             continue
         shape = sets[0].shapes[0]
-        check = verify_on(_runner(subgraph(rewritten, start, end, shape)),
-                          _runner(subgraph(original, start, end, shape)), sets, atol, rtol, seed)
+        try:
+            check = verify_on(_runner(subgraph(rewritten, start, end, shape)),
+                              _runner(subgraph(original, start, end, shape)), sets, atol, rtol, seed)
+        except Exception as error:  # noqa: BLE001  # onnxruntime's errors on a graph it cannot load or run
+            raise RFDeployError(f"{source}: onnxruntime cannot run the whole graph ({reason[:160]}) nor searched "
+                                f"conv '{layer}' alone ({first_line(error)})") from None
         checks.append({"layer": layer, "input": start, "output": end, **check.to_json()})
     fed = "activations of the graph run up to them" if activations is not None else "shape inference's shapes"
     return {"scope": "each rewritten subgraph", "whole_graph_not_run": reason, "subgraph_inputs": fed,

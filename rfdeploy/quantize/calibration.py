@@ -11,6 +11,7 @@ proves the deployment runs, not that it is accurate.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.loader.input_file import regular_file
 from rfdeploy.measure.io_files import arrays_per_input, read_arrays
 from rfdeploy.measure.verify import InputSet, random_inputs, seeded_inputs
 from rfdeploy.optional import OptionalModule
@@ -35,6 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # mmdet / mmpretrain's ImageNet statistics (their configs' data_preprocessor), on 0-255 RGB pixels
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+MAX_IMAGE_SIDE = 8192  # a calibration size's side: each image becomes 3 x H x W float32 (768 MiB at most)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class ImagePreprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     bgr: bool = False
+
+    def __post_init__(self):
+        if self.size is not None and not all(1 <= side <= MAX_IMAGE_SIDE for side in self.size):
+            raise RFDeployError(f"--calib-size {','.join(map(str, self.size))}: each side must be 1 to "
+                                f"{MAX_IMAGE_SIDE} pixels")
 
 
 @dataclass
@@ -143,10 +151,13 @@ def _image_files(folder: Path, shapes: list[tuple[int, ...]]) -> list[Path]:
 
 
 def _image_tensor(path: Path, size: tuple[int, int], preprocess: ImagePreprocess) -> np.ndarray:
+    regular_file(path, "calibration image")  # a FIFO named like an image would block Image.open for ever
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError) as error:
+        with warnings.catch_warnings():  # Pillow warns of images over its pixel limit: refused here, not read
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise RFDeployError(f"{path}: not a readable image ({first_line(error)})") from None
     height, width = size
     scale = max(height / image.height, width / image.width)

@@ -1,27 +1,33 @@
 """A Triton Inference Server model repository from a verified model: ``REPO/NAME/config.pbtxt`` and
 ``REPO/NAME/V/model.onnx`` (or ``model.plan`` with its sidecar), the model file byte for byte the verified one.
 
-The config is Triton's ``ModelConfig`` in protobuf text, written from the ONNX graph's own signature, so
-this module needs neither Triton nor its client. A model folder that already holds the same model (same
-platform, batching, inputs and outputs) gets its next version; one that holds another model is refused.
+The config is Triton's ``ModelConfig`` message, filled from the ONNX graph's own signature and printed by
+protobuf's ``text_format`` (the schema is tritonclient's ``model_config_pb2``): names are escaped by the
+printer, never pasted into text. A model folder that already holds the same model (same platform,
+batching, inputs and outputs) gets its next version; one that holds another model is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import onnx
+from google.protobuf import text_format
 
 from rfdeploy.artifacts import check_output_dir, write_all
 from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.backends.tensorrt import BuiltEngine, Sidecar
-from rfdeploy.errors import RFDeployError
+from rfdeploy.errors import RFDeployError, first_line
+from rfdeploy.loader.onnx_graph import onnx_from_bytes
 
 if TYPE_CHECKING:
     from rfdeploy.tuning.tune import TuningResult
@@ -32,6 +38,10 @@ DEFAULT_MAX_BATCH = 8
 # Triton lists a repository's folders as model names and skips hidden ones; rfdeploy also keeps names
 # portable (no spaces, separators or shell characters), which is what the HTTP/GRPC URLs want too.
 VALID_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+NAME_BYTES = 255  # a folder name
+INT32_MAX = 2**31 - 1  # max_batch_size and an instance group's count are int32 in Triton's schema
+VERSION = re.compile(r"[0-9]+")  # Triton's version folders: ASCII digits (str.isdigit also takes '²')
+SCHEMA_HINT = "writing a Triton config needs tritonclient's schema: pip install 'rfdeploy[triton]'"
 
 TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
@@ -75,6 +85,9 @@ def _tensor(value: onnx.ValueInfoProto, source: str) -> Tensor:
     if tensor_type.elem_type not in TRITON_TYPES:
         kind = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "not a tensor"
         raise RFDeployError(f"{source}: '{value.name}' has type {kind}, which Triton cannot serve")
+    if not value.name or any(ord(c) < 32 or ord(c) == 127 for c in value.name):
+        raise RFDeployError(f"{source}: tensor name {value.name!r} is empty or holds control characters, which "
+                            f"Triton cannot serve")
     dims = tuple(dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim)
     first = tensor_type.shape.dim[0] if dims else None
     return Tensor(value.name, TRITON_TYPES[tensor_type.elem_type], dims,
@@ -97,7 +110,7 @@ class ServedModel:
 
 
 def served_onnx(onnx_bytes: bytes, source: str, threads: int | None = None) -> ServedModel:
-    model = onnx.load_from_string(onnx_bytes)
+    model = onnx_from_bytes(onnx_bytes, source)
     return ServedModel("onnxruntime_onnx", {"model.onnx": onnx_bytes}, onnx_signature(model, source),
                        threads=threads)
 
@@ -108,7 +121,7 @@ def served_engine(engine: bytes, sidecar: Sidecar, sidecar_bytes: bytes, onnx_by
     if hashlib.sha256(onnx_bytes).hexdigest() != sidecar.onnx_sha256:
         raise RFDeployError(f"{source}: the engine was not built from this ONNX model (its sidecar records "
                             f"another sha256); give the ONNX model it was built from")
-    signature = onnx_signature(onnx.load_from_string(onnx_bytes), source)
+    signature = onnx_signature(onnx_from_bytes(onnx_bytes, source), source)
     batches = [(shape["min"][0], shape["max"][0]) for shape in sidecar.inputs if shape["min"]]
     batchable = signature.dynamic_batch and bool(batches) and all(low == 1 for low, _ in batches)
     limit = min(high for _, high in batches) if batchable else None
@@ -132,18 +145,19 @@ class TritonRequest:
     """The ``--triton*`` options: where, under which name, and how Triton should batch and place the model."""
 
     repo: Path
-    name: str
+    name: str | None  # None: named after the exported model (default_name), once it is known
     max_batch: int | None = None  # None: DEFAULT_MAX_BATCH (or the engine's limit) where batching is possible
     instances: int = 1
     kind: str | None = None  # None: gpu for a TensorRT engine, else cpu
 
     def __post_init__(self):
         self.repo = Path(self.repo)
-        check_name(self.name)
-        if self.instances < 1:
-            raise RFDeployError(f"--instances {self.instances}: must be at least 1")
-        if self.max_batch is not None and self.max_batch < 0:
-            raise RFDeployError(f"--max-batch {self.max_batch}: must be 0 (no batching) or more")
+        if self.name is not None:
+            check_name(self.name)
+        if not 1 <= self.instances <= INT32_MAX:
+            raise RFDeployError(f"--instances {self.instances}: must be 1 to {INT32_MAX}")
+        if self.max_batch is not None and not 0 <= self.max_batch <= INT32_MAX:
+            raise RFDeployError(f"--max-batch {self.max_batch}: must be 0 (no batching) to {INT32_MAX}")
         if self.kind is not None and self.kind not in KINDS:
             raise RFDeployError(f"--kind {self.kind}: must be one of {', '.join(KINDS)}")
 
@@ -152,12 +166,18 @@ def check_name(name: str) -> None:
     if not VALID_NAME.fullmatch(name) or name in (".", ".."):
         raise RFDeployError(f"Triton model name '{name}': use letters, digits, '_', '.' and '-', "
                             f"not starting with '.' or '-'")
+    if len(name) > NAME_BYTES:
+        raise RFDeployError(f"Triton model name '{name}': {len(name)} characters, at most {NAME_BYTES}")
 
 
 def default_name(text: str) -> str:
-    """A valid model name from a model's name or file stem (``mypkg.nets:build`` -> ``mypkg.nets_build``)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".-")
-    return name or "model"
+    """A valid model name from a model's name: a zoo name as it is, ``mypkg.nets:build`` ->
+    ``mypkg.nets_build``, ``path/to/mynet.py:build`` -> ``mynet_build`` (the file, not its folder or suffix)."""
+    source, colon, function = text.rpartition(":") if ":" in text else (text, "", "")
+    if source.endswith(".py"):
+        source = Path(source).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{source}_{function}" if colon else source).lstrip(".-")
+    return name[:NAME_BYTES] or "model"
 
 
 @dataclass
@@ -175,6 +195,8 @@ class RepositoryPlan:
 
 
 def plan_repository(request: TritonRequest, served: ServedModel) -> RepositoryPlan:
+    if request.name is None:
+        raise ValueError("plan_repository needs the request's model name")
     model_dir = request.repo / request.name
     config = model_config(request, served)
     check_output_dir(request.repo)
@@ -184,38 +206,43 @@ def plan_repository(request: TritonRequest, served: ServedModel) -> RepositoryPl
     return RepositoryPlan(model_dir, _next_version(model_dir), config, served.files)
 
 
+@functools.cache
+def schema() -> ModuleType:
+    """Triton's ``ModelConfig`` schema as tritonclient ships it, loaded from its file: the package around it
+    would import grpc, which writing a config does not need."""
+    package = importlib.util.find_spec("tritonclient")
+    folders = list(package.submodule_search_locations or []) if package is not None else []
+    path = Path(folders[0]) / "grpc" / "model_config_pb2.py" if folders else None
+    if path is None or not path.is_file():
+        raise RFDeployError(SCHEMA_HINT)
+    spec = importlib.util.spec_from_file_location("rfdeploy_triton_model_config_pb2", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def model_config(request: TritonRequest, served: ServedModel) -> str:
     max_batch = _max_batch(request, served)
     kind = request.kind or served.default_kind
     if served.platform == "tensorrt_plan" and kind != "gpu":
         raise RFDeployError("--kind cpu: a TensorRT engine runs on a GPU only; serve the ONNX model on CPU")
-    lines = [f'name: "{request.name}"', *_signature_lines(served, max_batch)]
-    if max_batch > 0:
-        lines.append("dynamic_batching { }")
-    lines.append(f"instance_group [ {{ count: {request.instances} kind: KIND_{kind.upper()} }} ]")
-    if served.platform == "onnxruntime_onnx":
-        lines += _thread_parameters(served.threads)
-    return "\n".join(lines) + "\n"
-
-
-def _signature_lines(served: ServedModel, max_batch: int) -> list[str]:
-    """The lines that say which model this is: a second export under the same name must repeat them."""
-    def block(kind: str, tensors: tuple[Tensor, ...]) -> list[str]:
-        entries = []
+    triton = schema()
+    config = triton.ModelConfig(name=request.name, platform=served.platform, max_batch_size=max_batch)
+    for tensors, field_of in ((served.signature.inputs, config.input), (served.signature.outputs, config.output)):
         for tensor in tensors:
-            dims = tensor.dims[1:] if max_batch > 0 else tensor.dims
-            entries.append(f'  {{ name: "{tensor.name}" data_type: {tensor.data_type} '
-                           f'dims: [ {", ".join(map(str, dims))} ] }}')
-        return [f"{kind} [", ",\n".join(entries), "]"]
-
-    return [f'platform: "{served.platform}"', f"max_batch_size: {max_batch}",
-            *block("input", served.signature.inputs), *block("output", served.signature.outputs)]
-
-
-def _thread_parameters(threads: int | None) -> list[str]:
-    # inter-op 1 as rfdeploy times onnxruntime; intra-op as tuning found best, else onnxruntime's default
-    settings = {"inter_op_thread_count": 1, **({"intra_op_thread_count": threads} if threads else {})}
-    return [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in settings.items()]
+            field_of.add(name=tensor.name, data_type=triton.DataType.Value(tensor.data_type),
+                         dims=tensor.dims[1:] if max_batch > 0 else tensor.dims)
+    if max_batch > 0:
+        config.dynamic_batching.SetInParent()
+    config.instance_group.add(count=request.instances,
+                              kind=triton.ModelInstanceGroup.Kind.Value(f"KIND_{kind.upper()}"))
+    if served.platform == "onnxruntime_onnx":
+        # inter-op 1 as rfdeploy times onnxruntime; intra-op as tuning found best, else onnxruntime's default
+        settings = {"inter_op_thread_count": 1, **({"intra_op_thread_count": served.threads} if served.threads else {})}
+        for key, value in settings.items():
+            config.parameters[key].string_value = str(value)
+    return text_format.MessageToString(config)
 
 
 def _max_batch(request: TritonRequest, served: ServedModel) -> int:
@@ -248,32 +275,35 @@ def _existing_config(model_dir: Path) -> str | None:
         raise RFDeployError(f"{config}: cannot be read ({error})") from None
 
 
+IDENTITY = ("platform", "max_batch_size", "input", "output")  # what says which model a config serves
+
+
 def _check_same_model(existing: str, config: str, model_dir: Path) -> None:
     """The platform, batching, inputs and outputs must be those already served under this name."""
-    identity = _identity(config)
-    if identity not in existing:
-        theirs = set(existing.splitlines())
-        differing = next((line for line in identity.splitlines() if line not in theirs), identity.splitlines()[0])
+    triton = schema()
+    try:
+        theirs = text_format.Parse(existing, triton.ModelConfig())
+    except text_format.ParseError as error:
+        raise RFDeployError(f"{model_dir / CONFIG}: not a Triton model config ({first_line(error)}); "
+                            f"choose another model name") from None
+    ours = text_format.Parse(config, triton.ModelConfig())
+    differing = next((key for key in IDENTITY if getattr(ours, key) != getattr(theirs, key)), None)
+    if differing is not None:
+        mine = triton.ModelConfig(**{differing: getattr(ours, differing)})
         raise RFDeployError(f"{model_dir / CONFIG}: holds a different model under this name (this one has "
-                            f"'{differing.strip().rstrip(',')}'); choose another model name")
-
-
-def _identity(config: str) -> str:
-    """The config's lines from ``platform`` up to the scheduling and instance settings."""
-    lines = config.splitlines()
-    end = next(index for index, line in enumerate(lines) if line.startswith(("dynamic_batching", "instance_group")))
-    return "\n".join(lines[1:end]) + "\n"
+                            f"'{text_format.MessageToString(mine, as_one_line=True)}'); choose another model name")
 
 
 def _next_version(model_dir: Path) -> int:
-    versions = [int(entry.name) for entry in model_dir.iterdir() if entry.name.isdigit()] if model_dir.is_dir() else []
+    versions = [int(entry.name) for entry in model_dir.iterdir() if VERSION.fullmatch(entry.name)] \
+        if model_dir.is_dir() else []
     return max(versions, default=0) + 1
 
 
 def write_repository(plan: RepositoryPlan) -> list[Path]:
     """The version folder staged under a hidden name and renamed into place, then the config: nothing
     half-written, and a failure removes what this call created."""
-    created_model_dir = not plan.model_dir.exists()
+    created = _topmost_missing(plan.model_dir)  # the repository itself, where it does not exist yet
     version_dir = plan.model_dir / str(plan.version)
     try:
         plan.model_dir.mkdir(parents=True, exist_ok=True)
@@ -284,13 +314,21 @@ def write_repository(plan: RepositoryPlan) -> list[Path]:
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
     except (OSError, RFDeployError) as error:
-        if created_model_dir:
-            shutil.rmtree(plan.model_dir, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         if isinstance(error, RFDeployError):
             raise
         raise RFDeployError(f"Triton repository {plan.model_dir.parent}: cannot write "
                             f"({error.strerror or error})") from None
     return [version_dir / name for name in plan.files] + config
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist (and making ``path`` would create), or None."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
 
 
 def _write_version(version_dir: Path, files: dict[str, bytes]) -> None:

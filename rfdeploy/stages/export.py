@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
+from rfdeploy.artifacts import check_output_file
 from rfdeploy.backends import backend, make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
@@ -97,10 +98,22 @@ class ExportRequest:
         return lambda graph: choose_layout(graph, backend_name, example, precision, device, tick=progress)
 
 
+def check_save_io(path: Path) -> None:
+    """``--save-io`` names a regular file that can be written in a folder that exists; the error names the option."""
+    try:
+        if path.name in ("", ".", ".."):
+            raise RFDeployError("names no file")
+        check_output_file(path)
+    except RFDeployError as error:
+        raise RFDeployError(f"--save-io '{path}': {error}") from None
+
+
 def checked(request: ExportRequest) -> ExportRequest:
     """``request`` with its flags reconciled; what nothing can run fails here, before any work."""
     if request.opset not in OPSETS:
         raise RFDeployError(f"opset {request.opset} is not supported (from {OPSETS.start} to {OPSETS.stop - 1})")
+    if request.save_io is not None:
+        check_save_io(request.save_io)
     if request.tune:  # an unknown backend, or one that lacks the precision
         from rfdeploy.tuning.tune import parse_target
 
@@ -290,7 +303,10 @@ def triton_stage(run: Run) -> dict:
     int8 = deployed.model if deployed is not None else None
     served = triton_repository.served_export(int8 if int8 is not None else run["onnx_model"],
                                              run.values.get("engine"), run["tuning_result"])
-    plan = triton_repository.plan_repository(run.request.triton, served)
+    triton = run.request.triton
+    if triton.name is None:  # named after the exported model
+        triton = replace(triton, name=triton_repository.default_name(run["loaded"].model_name))
+    plan = triton_repository.plan_repository(triton, served)
     return {"triton_plan": plan, "triton": plan.to_json()}
 
 
@@ -330,7 +346,7 @@ EXPORT_STAGES = check_stages((
     Stage("mmdeploy", mmdeploy_stage, needs=("loaded", "compiled", "shapes"), report=("mmdeploy",), verified=True,
           when=lambda request: request.mmdeploy is not None, files=_under_out(END2END, *SDK_FILES),
           progress="exporting the end2end model with mmdeploy and verifying it"),
-    Stage("triton", triton_stage, needs=("onnx_model", "tuning_result"), adds=("triton_plan",), report=("triton",), verified=True,
+    Stage("triton", triton_stage, needs=("loaded", "onnx_model", "tuning_result"), adds=("triton_plan",), report=("triton",), verified=True,
           when=lambda request: request.triton is not None, progress="planning the Triton repository"),
 ))
 # Every artifact name an export can write in its folder: it owns them, and removes those this run does not write.

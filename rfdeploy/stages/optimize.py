@@ -12,7 +12,8 @@ from rfdeploy.backends.onnx_export import op_counts
 from rfdeploy.compiler.passes.fold_channel_scales import boundaries_after
 from rfdeploy.compiler.pipeline import graph_pass_report
 from rfdeploy.compiler.rewrite_onnx import compile_graph
-from rfdeploy.loader.onnx_graph import read_onnx
+from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.onnx_graph import check_onnx, read_onnx
 from rfdeploy.measure.verify_onnx import input_shapes as graph_input_shapes
 from rfdeploy.measure.verify_onnx import verify_graphs
 from rfdeploy.stages.base import Progress, Run, Stage, check_stages, run_stages
@@ -53,7 +54,10 @@ def tune_stage(run: Run) -> dict:
 
 def compile_stage(run: Run) -> dict:
     request, original = run.request, run["original"]
-    result = compile_graph(original, request.mode, run["choices"])
+    try:
+        result = compile_graph(original, request.mode, run["choices"])
+    except RFDeployError as error:  # the node or layer at fault, in this file
+        raise RFDeployError(f"{request.onnx_path}: {error}") from None
     note = None if result.layers else f"no searched conv rewritten in {request.onnx_path}: the graph is written as it was"
     rewritten = result.model if result.layers else original
     run.files[request.out / MODEL_FILE] = rewritten.SerializeToString()
@@ -76,7 +80,16 @@ def verify_stage(run: Run) -> dict:
     verification = verify_graphs(run["original"], run["rewritten"], shapes, boundaries, str(request.onnx_path),
                                  request.atol, request.rtol, request.seed)
     run.passed = bool(verification["passed"])
+    check_rewritten(run["rewritten"], request.onnx_path)
     return {"verification": verification}
+
+
+def check_rewritten(rewritten: onnx.ModelProto, onnx_path: Path) -> None:
+    """Only a graph that loads is written: one that does not is rfdeploy's fault, said rather than written."""
+    try:
+        check_onnx(rewritten, f"{onnx_path}, rewritten")
+    except RFDeployError as error:
+        raise RFDeployError(f"the rewritten graph is not valid, so it is not written: {error}") from None
 
 
 OPTIMIZE_STAGES = check_stages((
