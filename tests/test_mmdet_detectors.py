@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -287,3 +288,79 @@ def test_mmdeploy_with_a_deploy_config_of_another_codebase_is_one_line(searched_
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is for codebase mmseg" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- optimize on mmdeploy's own export of the searched model
+
+TRT_BACKEND = dict(type="tensorrt", common_config=dict(fp16_mode=False, max_workspace_size=1 << 30),
+                   model_inputs=[dict(input_shapes=dict(input=dict(min_shape=list(SHAPE), opt_shape=list(SHAPE),
+                                                                   max_shape=list(SHAPE))))])
+EXPORT_SEARCHED = """
+import copy, functools, sys
+import numpy as np, torch
+import mmcv_ext_stand_in
+mmcv_ext_stand_in.install()
+import test_mmdet_detectors as T
+from mmcv.cnn.rfsearch import RFSearchHook
+from mmdeploy.apis import build_task_processor
+from mmdeploy.apis.onnx import export
+from mmdet.registry import MODELS
+from mmengine.config import Config
+
+model_cfg, deploy_cfg = Config.fromfile(sys.argv[1]), Config.fromfile(sys.argv[2])
+torch.manual_seed(0)
+model = MODELS.build(model_cfg.model)
+RFSearchHook("search", {"search": copy.deepcopy(T.SEARCH)}, verbose=False).init_model(model)
+T.draw_alphas(model, seed=1)
+model.eval()
+processor = build_task_processor(model_cfg, Config(copy.deepcopy(T.DEPLOY_ORT)), "cpu")
+image = np.random.default_rng(0).integers(0, 256, (T.SHAPE[2], T.SHAPE[3], 3), dtype=np.uint8)
+data, tensor = processor.create_input(image, None, model.data_preprocessor)
+torch.onnx.export = functools.partial(torch.onnx.export, dynamo=False)  # mmdeploy 1.3.1 needs TorchScript's
+export(model, tensor, sys.argv[3], backend=deploy_cfg.backend_config.type,
+       input_metas={"data_samples": data["data_samples"], "mode": "predict"}, context_info={"deploy_cfg": deploy_cfg},
+       input_names=["input"], output_names=["dets", "labels"], opset_version=11, dynamic_axes=None, verbose=False,
+       keep_initializers_as_inputs=False, optimize=False)
+"""
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "tensorrt"])
+def mmdeploy_export(request, tmp_path_factory):
+    """mmdeploy's own end2end export of a searched RetinaNet (every branch and the alpha arithmetic in the graph), for
+    the onnxruntime deploy config, and for a TensorRT one (its NMS a custom node onnxruntime cannot run). One process
+    each: mmdeploy 1.3.1's rewriter context breaks on a second export in one process."""
+    root = tmp_path_factory.mktemp(f"mmdeploy-{request.param}")
+    config, deploy = root / "retinanet.py", root / "deploy.py"
+    write_full_config(config, None)
+    backend = DEPLOY_ORT["backend_config"] if request.param == "onnxruntime" else TRT_BACKEND
+    deploy.write_text("".join(f"{key} = {value!r}\n" for key, value in dict(DEPLOY_ORT, backend_config=backend).items()))
+    paths = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    result = subprocess.run([sys.executable, "-c", EXPORT_SEARCHED, str(config), str(deploy), str(root / "end2end")],
+                            capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=paths),
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return request.param, root / "end2end.onnx"
+
+
+def test_optimize_rewrites_mmdeploys_export_of_a_searched_detector_exactly(mmdeploy_export, tmp_path, capsys):
+    backend, end2end = mmdeploy_export
+    original = onnx.load(str(end2end))
+    out = tmp_path / "out"
+
+    code = cli.main(["optimize", str(end2end), "--out", str(out)])
+
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    check = report["verification"]
+    if backend == "tensorrt":  # its NMS runs in TensorRT alone: each rewritten conv is checked on the activations
+        assert check["scope"] == "each rewritten subgraph" and "TRTBatchedNMS" in report["onnx_ops"]["after"]
+        assert check["subgraph_inputs"] == "activations of the graph run up to them"
+    else:
+        assert check["scope"] == "whole graph"
+    assert check["passed"] and report["layers"] and not report["left_alone"]
+    assert not {"Abs", "ReduceSum"} & set(report["onnx_ops"]["after"])
+    rewritten = onnx.load(str(out / "model.onnx"))
+    assert [o.name for o in rewritten.graph.output] == [o.name for o in original.graph.output]
+    folded = [init.raw_data for init in rewritten.graph.initializer if "rfdeploy" in init.name]
+    assert folded and len(folded) == len(set(folded)), "a folded weight is written twice"
+    assert report["shared_weight_bytes"] > 0  # the head's convs run once per pyramid level

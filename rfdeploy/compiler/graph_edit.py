@@ -4,6 +4,9 @@ copy of the model (its opsets, metadata and IR version kept)."""
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -46,3 +49,21 @@ def reroute_readers(old: gs.Tensor, new: gs.Tensor) -> None:
     """Every node that reads ``old`` reads ``new`` instead."""
     for reader in list(old.outputs):
         swap(reader.inputs, old, new)
+
+
+def share_equal_constants(nodes: list[gs.Node]) -> int:
+    """Constants of equal dtype, shape and values read by ``nodes`` become one (a detector head's searched convs run
+    once per pyramid level, so their folded weights are equal); the bytes no longer stored twice."""
+    first: dict[tuple, gs.Constant] = {}
+    saved = 0
+    for node in nodes:
+        for index, tensor in enumerate(node.inputs):
+            if not isinstance(tensor, gs.Constant):
+                continue
+            values = np.ascontiguousarray(tensor.values)
+            key = (values.dtype.str, values.shape, hashlib.sha256(values.tobytes()).digest())
+            kept = first.setdefault(key, tensor)
+            if kept is not tensor:
+                node.inputs[index] = kept
+                saved += values.nbytes
+    return saved

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rfdeploy.compiler.emit_onnx import Namer, emit
-from rfdeploy.compiler.graph_edit import GraphEdit
+from rfdeploy.compiler.graph_edit import GraphEdit, share_equal_constants
 from rfdeploy.compiler.ir import NotApplicable, to_module
 from rfdeploy.compiler.onnx_match import BatchNormParams, GraphSearchedConv, find_searched_convs
 from rfdeploy.compiler.pipeline import (
@@ -42,6 +42,7 @@ class GraphCompileResult:
     layers: list[LayerReport]
     left_alone: list[LeftAlone]
     graph_passes: ModelPassResults = field(default_factory=dict)
+    shared_bytes: int = 0  # equal folded weights written once (``share_equal_constants``)
 
 
 @dataclass
@@ -153,8 +154,9 @@ def compile_graph(model: onnx.ModelProto, mode: str = "auto", choices: dict[str,
         replacements.append(replacement)
         layers.append(_report(layer, lowered, replacement, folded))
     graph.nodes = _reordered(graph.nodes, replacements)
+    shared = share_equal_constants([node for replacement in replacements for node in replacement.added])
     rewritten = edit.exported()
     if not layers:
         return GraphCompileResult(rewritten, layers, left_alone)
     rewritten, graph_passes, _ = run_graph_pipelines(rewritten, layout)
-    return GraphCompileResult(rewritten, layers, left_alone, graph_passes)
+    return GraphCompileResult(rewritten, layers, left_alone, graph_passes, shared)

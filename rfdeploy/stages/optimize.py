@@ -64,7 +64,8 @@ def compile_stage(run: Run) -> dict:
     return {"compiled": result, "rewritten": rewritten, "mode": request.mode,
             "layers": [layer.to_json() for layer in result.layers],
             "left_alone": [asdict(layer) for layer in result.left_alone], "note": note,
-            "graph_passes": graph_pass_report(result.graph_passes),
+            "graph_passes": graph_pass_report(result.graph_passes), "shared_weight_bytes": result.shared_bytes,
+            "file_bytes": {"before": original.ByteSize(), "after": rewritten.ByteSize()},
             "onnx_ops": {"before": op_counts(original), "after": op_counts(rewritten)}}
 
 
@@ -96,7 +97,8 @@ OPTIMIZE_STAGES = check_stages((
     Stage("read", read_stage, adds=("original",), report=("input",), progress="reading the graph"),
     Stage("tune", tune_stage, needs=("original",), adds=("choices",), report=("tuning",)),
     Stage("compile", compile_stage, needs=("original", "choices"), adds=("compiled", "rewritten"),
-          report=("mode", "layers", "left_alone", "note", "graph_passes", "onnx_ops"),
+          report=("mode", "layers", "left_alone", "note", "graph_passes", "shared_weight_bytes", "file_bytes",
+                  "onnx_ops"),
           files=lambda request: (request.out / MODEL_FILE,), progress="finding and lowering searched convs"),
     Stage("verify", verify_stage, needs=("original", "compiled", "rewritten"), report=("verification",),
           progress="verifying in onnxruntime"),
