@@ -248,14 +248,18 @@ def test_mmdeploy_exports_the_compiled_detector_end2end_equal_to_the_searched_on
 
     # a process of its own, as a user runs it (with the stand-in for mmcv's compiled ops), so that its stdout is real
     argv = ["export", "--config", str(config), "--ckpt", str(ckpt), "--mmdeploy", str(deploy), "--out", str(out),
-            "--json"]
+            "--json", "--triton", str(tmp_path / "repo")]
     program = f"import mmcv_ext_stand_in; mmcv_ext_stand_in.install(); from rfdeploy import cli; exit(cli.main({argv!r}))"
     paths = os.pathsep.join([str(Path(__file__).parent), *sys.path])
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, PYTHONPATH=paths), check=False)
 
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["mmdeploy"]["passed"]  # mmengine's and mmdeploy's logs went to stderr
+    report = json.loads(result.stdout)  # mmengine's and mmdeploy's logs went to stderr
+    assert report["mmdeploy"]["passed"]
+    served = tmp_path / "repo" / report["triton"]["model"]
+    assert (served / "1" / "model.onnx").read_bytes() == (out / "end2end.onnx").read_bytes()
+    assert 'name: "dets"' in (served / "config.pbtxt").read_text()
     assert {"end2end.onnx", "deploy.json", "pipeline.json", "detail.json"} <= {p.name for p in out.iterdir()}
     check = json.loads((out / "report.json").read_text())["mmdeploy"]
     assert check["passed"] and check["unmatched"] == 0 and check["rows"] > 0

@@ -295,14 +295,17 @@ def mmdeploy_stage(run: Run) -> dict:
     run.files.update({request.out / name: data for name, data in files.items()})
     run.passed = run.passed and check["passed"] is not False
     run.report["verification"]["passed"] = run.passed
-    return {"mmdeploy": check}
+    return {"end2end": files[END2END], "mmdeploy": check}
 
 
 def triton_stage(run: Run) -> dict:
     deployed: PrecisionResult | None = run.values.get("deployed")
     int8 = deployed.model if deployed is not None else None
-    served = triton_repository.served_export(int8 if int8 is not None else run["onnx_model"],
-                                             run.values.get("engine"), run["tuning_result"])
+    if "end2end" in run.values:  # the detector as mmdeploy serves it: its post-processing in the graph
+        served = triton_repository.served_onnx(run["end2end"], f"mmdeploy's {END2END}")
+    else:
+        served = triton_repository.served_export(int8 if int8 is not None else run["onnx_model"],
+                                                 run.values.get("engine"), run["tuning_result"])
     triton = run.request.triton
     if triton.name is None:  # named after the exported model
         triton = replace(triton, name=triton_repository.default_name(run["loaded"].model_name))
@@ -343,7 +346,8 @@ EXPORT_STAGES = check_stages((
           report=("tensorrt",), verified=True, when=lambda request: request.engine is not None,
           files=_under_out(ENGINE_FILE, ENGINE_FILE + trt_backend.SIDECAR_SUFFIX),
           progress="building and verifying the TensorRT engine (minutes for a large model)"),
-    Stage("mmdeploy", mmdeploy_stage, needs=("loaded", "compiled", "shapes"), report=("mmdeploy",), verified=True,
+    Stage("mmdeploy", mmdeploy_stage, needs=("loaded", "compiled", "shapes"), adds=("end2end",),
+          report=("mmdeploy",), verified=True,
           when=lambda request: request.mmdeploy is not None, files=_under_out(END2END, *SDK_FILES),
           progress="exporting the end2end model with mmdeploy and verifying it"),
     Stage("triton", triton_stage, needs=("loaded", "onnx_model", "tuning_result"), adds=("triton_plan",), report=("triton",), verified=True,
