@@ -368,3 +368,21 @@ def test_optimize_rewrites_mmdeploys_export_of_a_searched_detector_exactly(mmdep
     folded = [init.raw_data for init in rewritten.graph.initializer if "rfdeploy" in init.name]
     assert folded and len(folded) == len(set(folded)), "a folded weight is written twice"
     assert report["shared_weight_bytes"] > 0  # the head's convs run once per pyramid level
+
+
+def test_mmdeploys_plain_build_does_not_hold_the_searched_checkpoint(searched_files, tmp_path):
+    """What mmdeploy alone does with these files: the config's model without the hook, the checkpoint loaded as
+    mmengine loads it (a warning, no error), and every searched conv's weight left at its random init."""
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+
+    _, _, ckpt, structure = searched_files
+    config = tmp_path / "retinanet_rfsearch.py"
+    write_config(config, structure)
+    plain = MODELS.build(Config.fromfile(str(config)).model)
+    searched_convs = list(json.loads(structure.read_text())["structure"])
+    before = {name: plain.get_submodule(name).weight.detach().clone() for name in searched_convs}
+    load_checkpoint(plain, str(ckpt), map_location="cpu", strict=False)
+    unchanged = [name for name in searched_convs if torch.equal(plain.get_submodule(name).weight, before[name])]
+    assert unchanged == searched_convs  # none of them took the checkpoint's weights
+    assert sorted(api.load(config=config, ckpt=ckpt).info.searched) == sorted(searched_convs)  # rfdeploy reads them
