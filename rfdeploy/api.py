@@ -75,14 +75,16 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
 def optimize(onnx_path: str | Path, out: str | Path = "rfdeploy-out", mode: str = "auto",
              input_shapes: list[tuple[int, ...]] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
              seed: int = 0, choices: dict[str, str] | None = None, write: bool = True,
-             progress=None, tune: str | None = None) -> OptimizeResult:
+             progress=None, tune: str | None = None, weights: str = "folded") -> OptimizeResult:
     """ONNX in, ONNX out: every searched conv of the graph lowered to plain convs, everything else kept.
 
     The rewritten graph is verified in onnxruntime against the input graph (the whole graph, or each
     rewritten subgraph where onnxruntime cannot run the whole) and written as ``DIR/model.onnx`` with
     ``DIR/report.json`` only when it passes; otherwise ``DIR/failed-report.json``. A graph without a
     searched conv is written as it was, with a note. ``tune`` (``BACKEND[:DEVICE]``) chooses each layer's
-    lowering by timing its candidates at its input shape, as ``export`` does.
+    lowering by timing its candidates at its input shape, as ``export`` does. ``weights="shared"`` keeps one weight
+    per searched conv, each branch's alpha a scale after its conv, where file size matters more than the multiply.
     """
-    request = OptimizeRequest(Path(onnx_path), Path(out), mode, input_shapes, atol, rtol, seed, choices, write, tune)
+    request = OptimizeRequest(Path(onnx_path), Path(out), mode, input_shapes, atol, rtol, seed, choices, write, tune,
+                              weights)
     return run_optimize(request, progress)

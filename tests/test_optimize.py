@@ -442,9 +442,10 @@ def test_failed_verification_exits_1_and_keeps_earlier_outputs(tmp_path, dynamic
        groups=st.sampled_from([1, 2]), bias=st.booleans(), relu=st.booleans(),
        rates=st.lists(st.integers(1, 4), min_size=2, max_size=4),
        alphas=st.lists(st.floats(-2, 2).filter(lambda a: abs(a) > 1e-3), min_size=4, max_size=4),
-       fold=st.booleans(), mode=st.sampled_from(["auto", "multi", "single"]))
+       fold=st.booleans(), mode=st.sampled_from(["auto", "multi", "single"]),
+       weights=st.sampled_from(["folded", "shared"]))
 def test_any_searched_conv_graph_rewrites_to_an_equal_graph(dims, kernel, stride, groups, bias, relu, rates,
-                                                            alphas, fold, mode):
+                                                            alphas, fold, mode, weights):
     generator = torch.Generator().manual_seed(len(rates) * 7 + kernel)
     weight = torch.randn(4, 4 // groups, *(kernel,) * dims, generator=generator)
     # centred paddings (odd kernels) as every searched op uses; even kernels keep rate 1 like mmcv
@@ -454,10 +455,30 @@ def test_any_searched_conv_graph_rewrites_to_an_equal_graph(dims, kernel, stride
                         (stride,) * dims, groups, branch_relu=relu, always_mix=True)
     shape = (2, 4, *(13,) * dims)
     graph = to_onnx(nn.Sequential(conv, nn.Identity()), shape, fold)
-    result = compile_graph(graph, mode)
+    result = compile_graph(graph, mode, weights=weights)
     assert len(result.layers) == 1 and not result.left_alone
     assert not {"Abs", "ReduceSum", "Div"} & set(ops(result.model))
     x = torch.randn(*shape, generator=generator)
     expected, actual = run_onnx(graph, x), run_onnx(result.model, x)
     assert actual.shape == expected.shape
     assert float(np.abs(actual - expected).max()) <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_shared_weights_keep_one_weight_per_searched_conv_and_equal_outputs(tmp_path):
+    structure = write_json(tmp_path / "structure.json", MMCV_STRUCTURE)
+    reference = mmcv_hook_reference(seeded(TinyBackbone, 1), structure, "fixed_multi_branch")
+    graph = to_onnx(reference, SHAPE, fold=True)
+
+    (tmp_path / "folded").mkdir()
+    (tmp_path / "shared").mkdir()
+    folded = optimize(tmp_path / "folded", graph, mode="multi")
+    shared = optimize(tmp_path / "shared", graph, weights="shared")
+
+    assert shared.passed and shared.report["weights"] == "shared"
+    assert {layer["lowering"] for layer in shared.report["layers"]} == {"shared"}
+    written = shared.onnx_model
+    weights = {node.input[1] for node in written.graph.node if node.op_type == "Conv" and "rfdeploy" in node.name}
+    assert len(weights) == len(shared.report["layers"])  # every branch of a layer reads its one weight
+    assert ops(written).count("Mul") >= sum(len(layer["rates"]) for layer in shared.report["layers"]) - 1
+    assert written.ByteSize() < folded.onnx_model.ByteSize()
+    assert_equals_forward(written, reference)

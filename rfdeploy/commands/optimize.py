@@ -11,6 +11,7 @@ from rich.table import Table
 from rfdeploy import api
 from rfdeploy.commands.common import SEED, TOLERANCE, console, parse_shape, print_tuning, status, verdict
 from rfdeploy.compiler.passes.choose_lowering import MODES
+from rfdeploy.compiler.rewrite_onnx import WEIGHTS
 
 
 def add_parser(subparsers) -> None:
@@ -31,6 +32,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tune", metavar="BACKEND[:DEVICE]",
                         help="choose each searched conv's lowering by timing the candidates at its input shape "
                              "on this backend (as for export); timings go in the report (default: the cost model of --mode)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="folded",
+                        help="folded: each branch's alpha folded into its own weight copy (no multiply left); shared: "
+                             "one weight per searched conv, each branch's alpha a scale after its conv (a smaller "
+                             "file; the backends fold the scale at load)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(run=run)
 
@@ -38,7 +43,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     with status("rfdeploy optimize") as progress:
         result = api.optimize(args.onnx, args.out, args.mode, args.input_shapes, args.atol, args.rtol, args.seed,
-                              progress=progress, tune=args.tune)
+                              progress=progress, tune=args.tune, weights=args.weights)
     if args.json:
         print(json.dumps(result.report, indent=2))
     else:

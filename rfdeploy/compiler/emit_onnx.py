@@ -51,10 +51,15 @@ def _add(a: gs.Tensor, b: gs.Tensor, y: gs.Tensor, name: Namer) -> gs.Node:
 def _branch_sum(module: BranchSum, x: gs.Tensor, y: gs.Tensor, name: Namer) -> list[gs.Node]:
     nodes: list[gs.Node] = []
     terms: list[gs.Tensor] = []
-    for conv in module.convs:
+    for index, conv in enumerate(module.convs):
         assert isinstance(conv, _ConvNd)
         output = _variable(name, "branch_output", y)
         nodes += _branch(conv, module.branch_relu, x, output, name)
+        if module.scales is not None:
+            product = _variable(name, "scaled_output", y)
+            alpha = gs.Constant(name("alpha"), np.array(module.scales[index], dtype=_array(conv.weight).dtype))
+            nodes.append(gs.Node("Mul", name("Mul"), inputs=[output, alpha], outputs=[product]))
+            output = product
         terms.append(output)
         spatial = conv.weight.dim() - 2
     if module.bias is not None:

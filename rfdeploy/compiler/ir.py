@@ -97,7 +97,8 @@ def is_dilated(conv: nn.Module) -> bool:
 
 
 class BranchSum(nn.Module):
-    """Plain convs on the same input, summed: ``sum_i act(conv_i(x)) + bias`` (the multi-branch lowering).
+    """Plain convs on the same input, summed: ``sum_i act(conv_i(x)) + bias`` (the multi-branch lowering), or with
+    ``scales``, ``sum_i scale_i * act(conv_i(x)) + bias`` (the shared-weight form: every conv the same weight).
 
     ``bias`` is set only when every conv is dilated; otherwise an undilated conv carries the bias. A
     dilated conv is a poor home for it: PyTorch's CPU kernel for small dilated convs adds the bias
@@ -106,14 +107,18 @@ class BranchSum(nn.Module):
 
     bias: nn.Parameter | None
 
-    def __init__(self, convs: Sequence[nn.Module], branch_relu: bool = False, bias: torch.Tensor | None = None):
+    def __init__(self, convs: Sequence[nn.Module], branch_relu: bool = False, bias: torch.Tensor | None = None,
+                 scales: Sequence[float] | None = None):
         super().__init__()
         self.convs = nn.ModuleList(convs)
         self.branch_relu = branch_relu
         self.register_parameter("bias", None if bias is None else nn.Parameter(bias))
+        self.scales = None if scales is None else tuple(float(scale) for scale in scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = [torch.relu(conv(x)) if self.branch_relu else conv(x) for conv in self.convs]
+        if self.scales is not None:
+            outputs = [scale * y for scale, y in zip(self.scales, outputs)]
         out = outputs[0]
         if self.bias is not None:
             out = out + self.bias.view(-1, *(1,) * (out.dim() - 2))
@@ -138,6 +143,22 @@ def plain_conv(branch: Branch, stride: Rate, groups: int) -> _ConvNd:
         if conv.bias is not None and branch.bias is not None:
             conv.bias.copy_(scaled(branch.bias, branch.alpha))
     return conv
+
+
+def to_shared_module(ir: ConvIR) -> nn.Module:
+    """The shared-weight form: one conv per branch, each with the layer's one weight, scaled by its alpha after it
+    (``BranchSum.scales``); the bias, outside a per-branch ReLU, added once as ``sum_i alpha_i b``. One weight to
+    store however many branches, and the alpha a multiply that backends fold at load."""
+    if len(ir.branches) == 1:
+        return to_module(ir)  # one weight already
+    unscaled = [replace(branch, alpha=1.0) for branch in ir.branches]
+    alphas = [branch.alpha for branch in ir.branches]
+    if ir.branch_relu:
+        return BranchSum([plain_conv(branch, ir.stride, ir.groups) for branch in unscaled], True, scales=alphas)
+    bias = ir.branches[0].bias
+    total = None if bias is None else scaled(bias, sum(alphas))
+    convs = [plain_conv(replace(branch, bias=None), ir.stride, ir.groups) for branch in unscaled]
+    return BranchSum(convs, bias=total, scales=alphas)
 
 
 def to_module(ir: ConvIR) -> nn.Module:

@@ -155,6 +155,14 @@ def lower_layer(ir: ConvIR, mode: str = "auto", choices: dict[str, str] | None =
     return ir
 
 
+def share_weights(ir: ConvIR) -> ConvIR:
+    """The exact passes of ``LAYER_PIPELINE`` alone (equal rates merged, zero alphas dropped), alphas kept apart for
+    ``to_shared_module``: the shared-weight form of ``optimize --weights shared``."""
+    for step in LAYER_PIPELINE[:2]:
+        ir = step.apply(ir, f"layer {ir.name}")
+    return ir.with_branches(ir.branches, lowering="shared")
+
+
 def lower_involution(ir: InvolutionIR, aggregation: str = AUTO, output_positions: int | None = None,
                      after_each: AfterInvolutionPass | None = None) -> InvolutionIR:
     """``INVOLUTION_PIPELINE`` on one involution; ``aggregation`` is a lowering's name or ``auto``."""

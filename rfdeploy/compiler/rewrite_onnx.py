@@ -15,7 +15,7 @@ from torch import nn
 
 from rfdeploy.compiler.emit_onnx import Namer, emit
 from rfdeploy.compiler.graph_edit import GraphEdit, share_equal_constants
-from rfdeploy.compiler.ir import NotApplicable, to_module
+from rfdeploy.compiler.ir import NotApplicable, to_module, to_shared_module
 from rfdeploy.compiler.onnx_match import BatchNormParams, GraphSearchedConv, find_searched_convs
 from rfdeploy.compiler.pipeline import (
     LayerReport,
@@ -24,6 +24,7 @@ from rfdeploy.compiler.pipeline import (
     lower_layer,
     run_graph_pipelines,
     run_model_passes,
+    share_weights,
 )
 
 _BATCHNORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
@@ -134,22 +135,28 @@ def _reordered(nodes: list[gs.Node], replacements: list[_Replacement]) -> list[g
     return ordered
 
 
+WEIGHTS = ("folded", "shared")
+
+
 def compile_graph(model: onnx.ModelProto, mode: str = "auto", choices: dict[str, str] | None = None,
-                  layout: LayoutChooser | None = None) -> GraphCompileResult:
+                  layout: LayoutChooser | None = None, weights: str = "folded") -> GraphCompileResult:
     """Every searched conv of ``model`` lowered in place (``LAYER_PIPELINE``, the BatchNorm after it folded);
-    where any was, the graph pipelines too (``run_graph_pipelines``)."""
+    where any was, the graph pipelines too (``run_graph_pipelines``). ``weights="shared"`` keeps one weight per
+    searched conv instead, each branch's alpha a scale after its conv (``to_shared_module``; its BatchNorm stays)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights form {weights!r}")
     edit = GraphEdit(model)
     graph = edit.graph
     taken = {node.name for node in graph.nodes} | set(graph.tensors())
     layers, left_alone, replacements = [], [], []
     for layer in find_searched_convs(graph):
-        lowered = lower_layer(layer.ir, mode, choices)
+        lowered = share_weights(layer.ir) if weights == "shared" else lower_layer(layer.ir, mode, choices)
         try:
-            module = to_module(lowered)
+            module = to_shared_module(lowered) if weights == "shared" else to_module(lowered)
         except NotApplicable as reason:
             left_alone.append(LeftAlone(layer.ir.name, [node.name for node in layer.nodes], str(reason)))
             continue
-        module, folded = _fold(module, layer)
+        module, folded = _fold(module, layer) if weights == "folded" else (module, False)
         replacement = _replace(graph, layer, module, folded, taken)
         replacements.append(replacement)
         layers.append(_report(layer, lowered, replacement, folded))

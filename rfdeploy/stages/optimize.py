@@ -34,6 +34,7 @@ class OptimizeRequest:
     choices: dict[str, str] | None = None
     write: bool = True
     tune: str | None = None
+    weights: str = "folded"  # or "shared": one weight per searched conv (``compile_graph``)
 
 
 def read_stage(run: Run) -> dict:
@@ -55,13 +56,13 @@ def tune_stage(run: Run) -> dict:
 def compile_stage(run: Run) -> dict:
     request, original = run.request, run["original"]
     try:
-        result = compile_graph(original, request.mode, run["choices"])
+        result = compile_graph(original, request.mode, run["choices"], weights=request.weights)
     except RFDeployError as error:  # the node or layer at fault, in this file
         raise RFDeployError(f"{request.onnx_path}: {error}") from None
     note = None if result.layers else f"no searched conv rewritten in {request.onnx_path}: the graph is written as it was"
     rewritten = result.model if result.layers else original
     run.files[request.out / MODEL_FILE] = rewritten.SerializeToString()
-    return {"compiled": result, "rewritten": rewritten, "mode": request.mode,
+    return {"compiled": result, "rewritten": rewritten, "mode": request.mode, "weights": request.weights,
             "layers": [layer.to_json() for layer in result.layers],
             "left_alone": [asdict(layer) for layer in result.left_alone], "note": note,
             "graph_passes": graph_pass_report(result.graph_passes), "shared_weight_bytes": result.shared_bytes,
@@ -97,7 +98,7 @@ OPTIMIZE_STAGES = check_stages((
     Stage("read", read_stage, adds=("original",), report=("input",), progress="reading the graph"),
     Stage("tune", tune_stage, needs=("original",), adds=("choices",), report=("tuning",)),
     Stage("compile", compile_stage, needs=("original", "choices"), adds=("compiled", "rewritten"),
-          report=("mode", "layers", "left_alone", "note", "graph_passes", "shared_weight_bytes", "file_bytes",
+          report=("mode", "weights", "layers", "left_alone", "note", "graph_passes", "shared_weight_bytes", "file_bytes",
                   "onnx_ops"),
           files=lambda request: (request.out / MODEL_FILE,), progress="finding and lowering searched convs"),
     Stage("verify", verify_stage, needs=("original", "compiled", "rewritten"), report=("verification",),
