@@ -88,8 +88,9 @@ def test_choose_layout_keeps_what_ran_faster_and_returns_it():
     model = exported(ChannelsLastMLP())
     kept, record = choose_layout(model, "onnxruntime", [torch.randn(2, 8, 5, 7)], iters=5)
     faster = min(record["median_ms"], key=record["median_ms"].__getitem__)
-    assert record["kept"] == faster
-    assert ("Transpose" in op_counts(kept)) == (faster == AS_EXPORTED)
+    # the clearly faster, else (within the spread of the rounds) the graph as exported
+    assert (record["kept"], record["decided_by"]) in ((faster, "speed"), (AS_EXPORTED, "simplicity"))
+    assert ("Transpose" in op_counts(kept)) == (record["kept"] == AS_EXPORTED)
     plain = exported(nn.Conv2d(8, 8, 3))
     same, record = choose_layout(plain, "onnxruntime", [torch.randn(2, 8, 5, 7)])
     assert same is plain and record["kept"] == AS_EXPORTED and "median_ms" not in record

@@ -20,9 +20,9 @@ import onnx
 from rfdeploy.backends import backend, make_runner
 from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
+from rfdeploy.measure.timing import Candidate, Tick, decide, opened_runners, timed_rounds
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
-from rfdeploy.precision import INT8, check_precision, fastest_within_margin, min_snr_for, precision_of
+from rfdeploy.precision import INT8, check_precision, min_snr_for, precision_of
 from rfdeploy.quantize.calibration import (
     CalibrationData,
     ImagePreprocess,
@@ -165,16 +165,18 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
 
 def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Reference, held_out: list[InputSet],
                     warmup: int = 3, iters: int = 10) -> tuple[onnx.ModelProto, dict]:
-    """Each of ``OP_SETS`` quantized and timed interleaved on ``backend_name``; the fastest, unless it costs
-    more than ``SNR_MARGIN_DB`` of SNR, and the record of the choice."""
+    """Each of ``OP_SETS`` quantized, scored and timed interleaved on ``backend_name``; the one
+    ``measure.timing.decide`` keeps (the simpler graph: fewer nodes), and the record of the choice."""
     models = {name: quantizer.quantize(ops=name) for name in OP_SETS}
     example = list(held_out[0].tensors)
     timed = {name: Candidate(None, model) for name, model in models.items()}
     with opened_runners(timed, backend_name, example, precision="int8") as runners:
         snr = {name: finite_db(compare_on(runner, reference, held_out).snr_db) for name, runner in runners.items()}
-        medians = median_ms(runners, example, warmup, iters)
-    kept, why = fastest_within_margin(list(models), medians, snr)
-    return models[kept], {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
+        samples = timed_rounds(runners, example, warmup, iters)
+    simplest_first = sorted(models, key=lambda name: len(models[name].graph.node))
+    decision = decide(samples, simplest_first, snr)
+    return models[decision.kept], {**decision.to_json(), "backend": backend_name,
+                                   "nodes": {name: len(model.graph.node) for name, model in models.items()}}
 
 
 def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,
