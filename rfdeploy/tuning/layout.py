@@ -43,18 +43,25 @@ def choose_layout(model: onnx.ModelProto, backend: str, example: list[torch.Tens
                                        "stretches": stretches}
 
 
-def layout_target(tune: str | None, verify_backends: tuple[str, ...], precision: str) -> tuple[str, str, str]:
+def layout_target(tune: str | None, target: str | None, verify_backends: tuple[str, ...],
+                  precision: str) -> tuple[str, str, str]:
     """Where an export's layout is timed: ``(backend, device, precision)``: the ``--tune`` backend where it
-    runs ONNX, else the backend the ``--precision`` model is checked on, else onnxruntime on the CPU. int8
-    is timed in fp32: the layout is chosen before quantizing."""
+    runs ONNX, else the ``--target``, else the backend the ``--precision`` model is checked on, else onnxruntime
+    on the CPU. int8 is timed in fp32: the layout is chosen before quantizing."""
     from rfdeploy.backends import backend as backend_entry
     from rfdeploy.tuning.tune import parse_target
 
     timed = precision_of(precision).timed_as
+
+    def at(name: str, device: str) -> tuple[str, str, str]:
+        return name, device, timed if timed in backend_entry(name).precisions else "fp32"
+
     if tune:
         name, device = parse_target(tune)
         if backend_entry(name).runs_onnx:
-            return name, device, timed if timed in backend_entry(name).precisions else "fp32"
+            return at(name, device)
+    if target:
+        return at(target, backend_entry(target).devices[0])
     if verify_backends:
         return verify_backends[0], "cpu", timed
     return "onnxruntime", "cpu", "fp32"
