@@ -44,7 +44,7 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
            inputs: str | Path | None = None, save_io: str | Path | None = None,
            triton: triton_repository.TritonRequest | None = None,
            precision: PrecisionRequest | None = None, config: str | Path | None = None,
-           mmdeploy: str | Path | None = None) -> ExportResult:
+           mmdeploy: str | Path | None = None, target: str | None = None) -> ExportResult:
     """Compile, export to ONNX, verify in onnxruntime against the searched forward, write on success.
 
     With ``engine``, also build a TensorRT engine from the verified ONNX and verify it against the
@@ -63,12 +63,16 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     With ``precision`` (int8, bf16, fp16), the verified fp32 model is also deployed at that precision and
     checked by SNR against the searched forward (report key ``precision``; int8 writes ``model.int8.onnx``,
     and a TensorRT engine is built at that precision, from the int8 model for int8).
+
+    ``target`` (onnxruntime, openvino, tensorrt) is where the model will run: the graph's layout and the int8 op
+    set are timed there, and the model is checked there too (unless ``tune`` times the layout elsewhere, or
+    ``precision.backends`` names where to check).
     """
     request = ExportRequest(
         model_source(model, config), ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape, Path(out), atol, rtol, seed,
         choices, write, tune, engine, None if inputs is None else Path(inputs),
         None if save_io is None else Path(save_io), triton, precision,
-        None if mmdeploy is None else MmdeployRequest(Path(mmdeploy)))
+        None if mmdeploy is None else MmdeployRequest(Path(mmdeploy)), target=target)
     return run_export(request, progress)
 
 

@@ -52,6 +52,7 @@ FORMATS = {entry.name: entry for entry in (FP32, FP16, BF16, INT8)}
 PRECISIONS = tuple(FORMATS)
 DEFAULT_MIN_SNR_DB = {name: entry.min_snr_db for name, entry in FORMATS.items() if entry.min_snr_db is not None}
 SNR_MARGIN_DB = 3.0  # what a faster variant may cost in SNR, no more: half the signal-to-noise power
+# (``measure.timing.decide`` applies it to every choice made by timing)
 
 
 def precision_of(name: str) -> Precision:
@@ -76,23 +77,3 @@ def min_snr_for(precision: str, given: float | None = None) -> float | None:
     """The SNR a run at ``precision`` must reach: ``given``, else the default; None for fp32 (judged by
     tolerances) unless given."""
     return given if given is not None else precision_of(precision).min_snr_db
-
-
-def fastest_within_margin(options: list[str], best_ms: dict[str, float],
-                          snr: dict[str, float | None] | None) -> tuple[str, str]:
-    """The fastest option, unless its SNR is more than ``SNR_MARGIN_DB`` below the most accurate one's (then
-    that one); and why. ``snr`` None: the fastest (fp32, where every option is exact); an SNR of None: no
-    difference at all."""
-    fastest = min(options, key=best_ms.__getitem__)
-    if snr is None:
-        return fastest, "fastest"
-
-    def db(label: str) -> float:
-        value = snr[label]
-        return float("inf") if value is None else value
-
-    accurate = max(options, key=db)
-    if db(accurate) - db(fastest) > SNR_MARGIN_DB:
-        return accurate, (f"{fastest} ran {best_ms[accurate] / best_ms[fastest]:.2f}x faster but quantizes "
-                          f"{db(accurate) - db(fastest):.1f} dB worse (more than {SNR_MARGIN_DB:g} dB)")
-    return fastest, f"fastest, within {SNR_MARGIN_DB:g} dB of the best SNR"

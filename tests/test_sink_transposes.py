@@ -88,8 +88,9 @@ def test_choose_layout_keeps_what_ran_faster_and_returns_it():
     model = exported(ChannelsLastMLP())
     kept, record = choose_layout(model, "onnxruntime", [torch.randn(2, 8, 5, 7)], iters=5)
     faster = min(record["median_ms"], key=record["median_ms"].__getitem__)
-    assert record["kept"] == faster
-    assert ("Transpose" in op_counts(kept)) == (faster == AS_EXPORTED)
+    # the clearly faster, else (within the spread of the rounds) the graph as exported
+    assert (record["kept"], record["decided_by"]) in ((faster, "speed"), (AS_EXPORTED, "simplicity"))
+    assert ("Transpose" in op_counts(kept)) == (record["kept"] == AS_EXPORTED)
     plain = exported(nn.Conv2d(8, 8, 3))
     same, record = choose_layout(plain, "onnxruntime", [torch.randn(2, 8, 5, 7)])
     assert same is plain and record["kept"] == AS_EXPORTED and "median_ms" not in record
@@ -102,3 +103,39 @@ def test_a_weight_a_caller_may_feed_is_no_constant_and_its_stretch_stays():
     model.graph.input.append(onnx.helper.make_tensor_value_info(weight.name, weight.data_type, list(weight.dims)))
     rewritten, sunk, note = sink_transposes(model)
     assert rewritten is model and not sunk and note
+
+
+class LayerNormBetweenConvs(nn.Module):
+    """ConvNeXt's LayerNorm2d: a conv, LayerNorm over channels (channels-last), a conv."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Conv2d(channels, channels, 3, padding=1), nn.Conv2d(channels, channels, 1)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.second(self.norm(self.first(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_layer_norm_spelled_out_channels_first_stays_out_of_int8():
+    from rfdeploy.measure.verify import InputSet
+    from rfdeploy.quantize.int8 import int8_compute, quantize_int8
+
+    rewritten, sunk, _ = sink_transposes(exported(LayerNormBetweenConvs()))
+    assert len(sunk) == 1 and "LayerNormalization" not in op_counts(rewritten)
+    norm = [node for node in rewritten.graph.node if node.op_type != "Conv"]
+    assert {"ReduceMean", "Sub", "Sqrt", "Div", "Mul", "Add"} <= {node.op_type for node in norm}
+    # the tensors inside the normalisation: its ops' outputs that only its ops read (not its result, which the
+    # second conv reads, quantized as that conv's input as LayerNormalization's output would be)
+    conv_inputs = {name for node in rewritten.graph.node if node.op_type == "Conv" for name in node.input}
+    inside = {name for node in norm for name in node.output} - conv_inputs
+    assert len(inside) >= 6
+    sets = [InputSet(f"seed {seed}", (torch.randn(2, 8, 5, 7, generator=torch.Generator().manual_seed(seed)),))
+            for seed in range(4)]
+    quantized = quantize_int8(rewritten, sets, ops="all")  # every op onnxruntime's quantizer supports
+    quantized_tensors = {node.input[0] for node in quantized.graph.node if node.op_type == "QuantizeLinear"}
+    assert not quantized_tensors & inside  # the mean, variance, deviation, division all stay fp32
+    assert sorted(n.op_type for n in quantized.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")) \
+        == sorted(n.op_type for n in rewritten.graph.node)
+    assert int8_compute(quantized) == (2, 2)  # both convs still compute in int8

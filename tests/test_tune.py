@@ -58,7 +58,10 @@ def test_tuning_keeps_the_fastest_lowering_of_each_layer(searched_tiny, backend)
         assert layer.median_ms == {label: min(values) for label, values in layer.session_medians_ms.items()}
         assert all(len(values) == 2 for values in layer.session_medians_ms.values())
         assert set(layer.ratio_to_searched) == {"single", "multi"}
-        assert layer.chosen == min(("single", "multi"), key=layer.median_ms.__getitem__)
+        fastest = min(("single", "multi"), key=layer.median_ms.__getitem__)
+        # fp32: both exact, so the clearly faster, else (tied within the spread of the rounds) the simpler
+        assert (layer.chosen, layer.decided_by) in ((fastest, "speed"), ("single", "simplicity"))
+        assert set(layer.spread_ms) == {"single", "multi"}
     assert result.choices == {layer.name: layer.chosen for layer in result.layers}
     assert result.backend == backend and result.device == "cpu" and result.threads == 1
     data = json.loads(json.dumps(result.to_json()))

@@ -232,11 +232,11 @@ def print_tuning(tuning: dict | None) -> None:
         return
     chosen = [layer["chosen"] for layer in tuning["layers"]]
     counts = ", ".join(f"{chosen.count(name)} {name}" for name in sorted(set(chosen), key=chosen.index))
-    for_accuracy = [layer["name"] for layer in tuning["layers"] if not layer.get("why", "fastest").startswith("fastest")]
-    accuracy = f"; {len(for_accuracy)} kept for accuracy, not speed ({', '.join(for_accuracy)})" if for_accuracy else ""
+    rules = [layer["decided_by"] for layer in tuning["layers"]]
+    decided = ", ".join(f"{rules.count(rule)} by {rule}" for rule in sorted(set(rules), key=rules.index))
     console.print(f"lowering timed per layer on {tuning['backend']} in {tuning['precision']} ({tuning['device_name']}, "
-                  f"{tuning['threads']} threads): {counts or 'no layer with two candidates'}{accuracy}; timings in the "
-                  f"report")
+                  f"{tuning['threads']} threads): {counts or 'no layer with two candidates'}"
+                  f"{f' (decided {decided})' if decided else ''}; timings in the report")
 
 
 TRITON_EXPORT_ONLY = ("triton_name", "max_batch", "instances", "kind")

@@ -32,6 +32,7 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
+from rfdeploy.stages.export import TARGETS
 from rfdeploy.tuning.tune import UNTUNABLE
 
 
@@ -65,6 +66,11 @@ def add_parser(subparsers) -> None:
                              f"({', '.join(name for name in BACKENDS if name not in UNTUNABLE)}; e.g. onnxruntime or "
                              f"torch:cuda); "
                              "timings go in the report (default: the cost model of --mode)")
+    parser.add_argument("--target", choices=TARGETS,
+                        help="where the model will run: the graph's layout and the int8 op set are timed there and "
+                             "the model is checked there (--tune times the layout on its backend instead; "
+                             "--verify-backends names where to check) (default: onnxruntime, and a lower --precision "
+                             "checked where it runs by default)")
     parser.add_argument("--trt", action="store_true",
                         help="also build DIR/model.engine with TensorRT and verify it against the searched forward "
                              "(needs pip install 'rfdeploy[trt]' and a GPU)")
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
                             tune=args.tune, engine=engine, dynamic_shape=args.dynamic_shape, inputs=args.inputs,
                             save_io=args.save_io, triton=triton, precision=precision, config=args.config,
-                            mmdeploy=args.mmdeploy)
+                            mmdeploy=args.mmdeploy, target=args.target)
     warn(result.report["load"]["warnings"] + result.report.get("precision", {}).get("warnings", []))
     if args.json:
         print(json.dumps(result.report, indent=2))

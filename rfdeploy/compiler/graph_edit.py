@@ -5,12 +5,17 @@ copy of the model (its opsets, metadata and IR version kept)."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from rfdeploy.errors import RFDeployError
 from rfdeploy.loader.onnx_graph import import_graph
+
+# metadata a graph pass leaves for the quantizer: the nodes it wrote that must compute in fp32 (a JSON list of names)
+KEEP_FP32_KEY = "rfdeploy.keep_fp32"
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -67,3 +72,27 @@ def share_equal_constants(nodes: list[gs.Node]) -> int:
                 node.inputs[index] = kept
                 saved += values.nbytes
     return saved
+
+
+def keep_in_fp32(model: onnx.ModelProto, names: list[str]) -> None:
+    """Mark ``names`` (nodes of ``model``) as nodes no int8 model of it may quantize, besides those marked before."""
+    kept = dict.fromkeys(kept_in_fp32(model) + names)
+    for entry in list(model.metadata_props):
+        if entry.key == KEEP_FP32_KEY:
+            model.metadata_props.remove(entry)
+    model.metadata_props.add(key=KEEP_FP32_KEY, value=json.dumps(list(kept)))
+
+
+def kept_in_fp32(model: onnx.ModelProto) -> list[str]:
+    """The nodes a graph pass marked to stay in fp32 (``keep_in_fp32``) that the graph still holds."""
+    entry = next((entry for entry in model.metadata_props if entry.key == KEEP_FP32_KEY), None)
+    if entry is None:
+        return []
+    try:
+        names = json.loads(entry.value)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise RFDeployError(f"the ONNX model's metadata '{KEEP_FP32_KEY}' is not a list of node names")
+    present = {node.name for node in model.graph.node}
+    return [name for name in names if name in present]

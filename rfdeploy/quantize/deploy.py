@@ -20,9 +20,9 @@ import onnx
 from rfdeploy.backends import backend, make_runner
 from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError
-from rfdeploy.measure.timing import Candidate, Tick, median_ms, opened_runners
+from rfdeploy.measure.timing import Candidate, Tick, decide, opened_runners, timed_rounds
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
-from rfdeploy.precision import INT8, check_precision, fastest_within_margin, min_snr_for, precision_of
+from rfdeploy.precision import INT8, check_precision, min_snr_for, precision_of
 from rfdeploy.quantize.calibration import (
     CalibrationData,
     ImagePreprocess,
@@ -47,8 +47,9 @@ class PrecisionRequest:
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
     backends: tuple[str, ...] = ()  # () : the precision's own ``verified_on``
-    int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed on the first backend, the fastest kept
+    int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed where the model will run, one kept
     ranking: str = "output"  # how mixed precision ranks tensors (``mixed_precision.RANKINGS``)
+    target: str | None = None  # where the model will run (the export's ``--target``), None: not said
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -59,7 +60,24 @@ class PrecisionRequest:
 
     @property
     def verify_backends(self) -> tuple[str, ...]:
-        return self.backends or precision_of(self.precision).verified_on
+        """``--verify-backends``, else the target where it checks this precision's ONNX model, else the
+        precision's own ``verified_on``."""
+        return self.backends or self.target_checks or precision_of(self.precision).verified_on
+
+    @property
+    def target_checks(self) -> tuple[str, ...]:
+        """The target, where it runs this precision's ONNX model on the CPU (TensorRT checks its own engine)."""
+        runs = self.target is not None and "cpu" in backend(self.target).devices and \
+            self.precision in backend(self.target).precisions
+        return (self.target,) if runs and self.target is not None else ()
+
+    @property
+    def timed_on(self) -> tuple[str, str]:
+        """Where the int8 op set is timed: ``(backend, device)``, the target's, else the first verification
+        backend's."""
+        if self.target is not None:
+            return self.target, backend(self.target).devices[0]
+        return self.verify_backends[0], "cpu"
 
 
 @dataclass
@@ -150,8 +168,9 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
     step(f"calibrating on {len(data.calibration)} batch(es) ({request.calib_method}) and quantizing")
     with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method) as quantizer:
         if request.int8_ops == MEASURE:
-            step(f"timing the int8 model with each set of quantized ops on {first}")
-            model, ops = measured_op_set(quantizer, first, reference, data.held_out)
+            timed_on, device = request.timed_on
+            step(f"timing the int8 model with each set of quantized ops on {timed_on}")
+            model, ops = measured_op_set(quantizer, timed_on, reference, data.held_out, device=device)
         else:
             model, ops = quantizer.quantize(ops=request.int8_ops), {"kept": request.int8_ops, "why": "--int8-ops"}
         mixed = None
@@ -164,17 +183,19 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
 
 
 def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Reference, held_out: list[InputSet],
-                    warmup: int = 3, iters: int = 10) -> tuple[onnx.ModelProto, dict]:
-    """Each of ``OP_SETS`` quantized and timed interleaved on ``backend_name``; the fastest, unless it costs
-    more than ``SNR_MARGIN_DB`` of SNR, and the record of the choice."""
+                    warmup: int = 3, iters: int = 10, device: str = "cpu") -> tuple[onnx.ModelProto, dict]:
+    """Each of ``OP_SETS`` quantized, scored and timed interleaved on ``backend_name``; the one
+    ``measure.timing.decide`` keeps (the simpler graph: fewer nodes), and the record of the choice."""
     models = {name: quantizer.quantize(ops=name) for name in OP_SETS}
     example = list(held_out[0].tensors)
     timed = {name: Candidate(None, model) for name, model in models.items()}
-    with opened_runners(timed, backend_name, example, precision="int8") as runners:
+    with opened_runners(timed, backend_name, example, device, precision="int8") as runners:
         snr = {name: finite_db(compare_on(runner, reference, held_out).snr_db) for name, runner in runners.items()}
-        medians = median_ms(runners, example, warmup, iters)
-    kept, why = fastest_within_margin(list(models), medians, snr)
-    return models[kept], {"kept": kept, "why": why, "median_ms": medians, "snr_db": snr, "backend": backend_name}
+        samples = timed_rounds(runners, example, warmup, iters, device)
+    simplest_first = sorted(models, key=lambda name: len(models[name].graph.node))
+    decision = decide(samples, simplest_first, snr)
+    return models[decision.kept], {**decision.to_json(), "backend": backend_name, "device": device,
+                                   "nodes": {name: len(model.graph.node) for name, model in models.items()}}
 
 
 def _check(name: str, model: onnx.ModelProto, precision: str, reference: Reference, sets: list[InputSet], seed: int,

@@ -26,6 +26,7 @@ import onnx
 from typing_extensions import Self  # a dependency of torch's
 
 from rfdeploy.backends.onnx_export import graph_inputs
+from rfdeploy.compiler.graph_edit import kept_in_fp32
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet
 
@@ -41,7 +42,8 @@ OP_SETS: dict[str, tuple[str, ...] | None] = {"all": None, "conv-matmul": QUANTI
 
 class Int8Quantizer:
     """Quantizes one float model, with any set of nodes kept in fp32: calibration runs once, its tensor
-    ranges are cached for every later call (mixed precision tries several sets)."""
+    ranges are cached for every later call (mixed precision tries several sets). The nodes a graph pass
+    marked (``graph_edit.keep_in_fp32``: a LayerNormalization spelled out channels-first) always stay fp32."""
 
     def __init__(self, model: onnx.ModelProto, calibration: Sequence[InputSet], method: str = "minmax"):
         if method not in METHODS:
@@ -54,6 +56,7 @@ class Int8Quantizer:
         onnx.save(model, self.float_path)
         self.cache_path = Path(self.workdir.name) / "ranges.json"
         self.quantizable = [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS]
+        self.always_fp32 = kept_in_fp32(model)
 
     def quantize(self, keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -69,7 +72,8 @@ class Int8Quantizer:
                 quantize_static(self.float_path, output, InputReader(self.input_names, self.calibration),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=methods[self.method],
-                                nodes_to_exclude=list(keep_fp32), calibration_cache_path=self.cache_path,
+                                nodes_to_exclude=list(dict.fromkeys([*self.always_fp32, *keep_fp32])),
+                                calibration_cache_path=self.cache_path,
                                 op_types_to_quantize=list(op_types) if op_types else None)
             except Exception as error:  # noqa: BLE001  # onnxruntime's quantizer raises many types
                 raise RFDeployError(f"int8 quantization failed: {type(error).__name__}: {first_line(error)}") from None

@@ -14,7 +14,7 @@ from torch import nn
 
 from rfdeploy.analysis import receptive_field_report
 from rfdeploy.artifacts import check_output_file
-from rfdeploy.backends import backend, make_runner
+from rfdeploy.backends import backend, cuda_available, make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
@@ -44,6 +44,7 @@ from rfdeploy.tuning.layout import choose_layout, layout_target
 
 Shape = tuple[int, ...]
 MODEL_FILE, ENGINE_FILE = "model.onnx", backend("tensorrt").builds
+TARGETS = ("onnxruntime", "openvino", "tensorrt")  # where an exported model runs (``--target``)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class ExportRequest:
     precision: PrecisionRequest | None = None
     mmdeploy: MmdeployRequest | None = None
     threads: int | None = None  # for timing (``--tune``); None: the backend's default
+    target: str | None = None  # where the model will run (``--target``): one of TARGETS
 
     @property
     def lowered(self) -> PrecisionRequest | None:
@@ -93,8 +95,8 @@ class ExportRequest:
     def layout_chooser(self, example: list[torch.Tensor], progress: Progress) -> LayoutChooser | None:
         """The graph's layout, timed where the export will run (``tuning.layout``)."""
         lowered = self.lowered
-        backend_name, device, precision = layout_target(self.tune, lowered.verify_backends if lowered else (),
-                                                        self.lowered_to)
+        backend_name, device, precision = layout_target(self.tune, self.target,
+                                                        lowered.verify_backends if lowered else (), self.lowered_to)
         return lambda graph: choose_layout(graph, backend_name, example, precision, device, tick=progress)
 
 
@@ -118,6 +120,9 @@ def checked(request: ExportRequest) -> ExportRequest:
         from rfdeploy.tuning.tune import parse_target
 
         parse_target(request.tune, request.lowered_to)
+    if request.target is not None:
+        check_target(request.target, request.lowered_to, request.engine is not None)
+        request = replace(request, precision=replace(request.precision or PrecisionRequest(), target=request.target))
     if request.precision is not None:
         check_request(request.precision, request.engine is not None)
     if request.mmdeploy is not None:
@@ -130,6 +135,23 @@ def checked(request: ExportRequest) -> ExportRequest:
     if request.lowered is not None and engine is not None and request.lowered_to in backend("tensorrt").precisions:
         engine = replace(engine, options=replace(engine.options, precision=request.lowered_to))
     return replace(request, engine=engine)
+
+
+def check_target(target: str, precision: str, engine: bool) -> None:
+    """``--target``: a backend that runs the export's precision and is installed where it runs; TensorRT runs an
+    engine, which ``--trt`` builds."""
+    if target not in TARGETS:
+        raise RFDeployError(f"--target {target}: one of {', '.join(TARGETS)}")
+    entry = backend(target)
+    try:
+        entry.require_precision(precision)
+        if entry.builds and not engine:
+            raise RFDeployError(f"it runs the {entry.builds} an export builds with --trt: add --trt")
+        entry.require(entry.devices[0], precision)
+    except RFDeployError as error:
+        raise RFDeployError(f"--target {target}: {error}") from None
+    if entry.cuda_only and not cuda_available():
+        raise RFDeployError(f"--target {target}: it runs on a CUDA GPU, and PyTorch sees none on this machine")
 
 
 # --- the stages -------------------------------------------------------------------------------------------
@@ -209,7 +231,7 @@ def verify_stage(run: Run) -> dict:
     own = run["own_inputs"]
     sets = seeded_inputs(shapes, request.seed) + ([own] if own else [])
     other_sets = seeded_inputs(run["other_shapes"], request.seed) if run["other_shapes"] else []
-    also_on = request.precision.backends if request.precision is not None and request.lowered is None else ()
+    also_on = fp32_checks(request.precision) if request.lowered is None else ()
     onnx_model, tolerances = run["onnx_model"], (request.atol, request.rtol, request.seed)
     with OrtRunner(onnx_model, threads=0) as onnx_runner:
         ort_check = verify_on(onnx_runner, reference, sets, *tolerances)
@@ -227,6 +249,13 @@ def verify_stage(run: Run) -> dict:
         "other_shapes": other_check.to_json() if other_check else None,
         "backends": [check.to_json() for check in elsewhere], "passed": run.passed}
     return {"reference": reference, "sets": sets, "other_sets": other_sets, "verification": verification}
+
+
+def fp32_checks(precision: PrecisionRequest | None) -> tuple[str, ...]:
+    """The backends an fp32 export is checked on besides onnxruntime: ``--verify-backends``, else the target."""
+    if precision is None:
+        return ()
+    return precision.backends or tuple(name for name in precision.target_checks if name != "onnxruntime")
 
 
 def verify_at_second_shape(runner: OrtRunner, reference: Reference, sets: list[InputSet], tolerances: tuple):

@@ -7,16 +7,18 @@ candidates (``single``: one merged conv; ``multi``: one conv per branch; for an 
 ``choose_aggregation``) and, as a reference, the op as written (the search op; the involution with its
 ``nn.Unfold``) run interleaved after a warm-up, one run of each per round.
 
-This is repeated in several fresh sessions, and each candidate keeps its lowest median over them: on
+This is repeated in several fresh sessions, and each candidate keeps its best session (its lowest median): on
 onnxruntime CPU a one-layer session was seen to stay up to 1.5x slower than an identical one for all of
-its runs (we did not find why), which would otherwise decide close calls. The candidate with the lowest
-such median is kept.
+its runs (we did not find why), which would otherwise decide close calls. ``measure.timing.decide`` then keeps
+a candidate on speed only where its best session's rounds beat the others' by more than their spread;
+otherwise the more accurate, then the simpler (``SIMPLEST_FIRST``).
 
 At a lower precision the candidates are timed in it (at int8 each one-layer model, the searched op's
 too, is quantized on the layer's own inputs from the calibration batches), and each one's SNR against the
 searched op's fp32 output is measured as well: ``single`` sums the branches' weights before they are
-rounded, ``multi`` rounds each branch's, so the two can quantize differently. The fastest is kept
-unless it is more than ``SNR_MARGIN_DB`` worse than the most accurate (``rfdeploy.precision``); the report says which and why.
+rounded, ``multi`` rounds each branch's, so the two can quantize differently. No candidate more than
+``SNR_MARGIN_DB`` worse than the most accurate is kept (``rfdeploy.precision``); the report says which rule
+decided and why.
 """
 
 from __future__ import annotations
@@ -39,16 +41,18 @@ from rfdeploy.loader.searched_conv import SearchedConv
 from rfdeploy.measure.timing import (
     Candidate,
     Tick,
+    decide,
     device_name,
-    median_ms,
     opened_runners,
+    summarize,
+    timed_rounds,
     torch_settings,
 )
 from rfdeploy.measure.verify import InputSet, compare_on, finite_db, random_inputs
-from rfdeploy.precision import fastest_within_margin
 from rfdeploy.quantize.int8 import quantize_int8
 
 CANDIDATES = ("single", "multi")
+SIMPLEST_FIRST = ("single", "multi", "shifts", "rows", "taps")  # fewest ONNX nodes first
 REFERENCE = "searched"
 CALIBRATION_SETS = 4  # per layer, at int8
 
@@ -68,6 +72,8 @@ class LayerTiming:
     precision: str = "fp32"
     snr_db: dict[str, float | None] | None = None  # below fp32: per candidate, against the op as written in fp32
     why: str = "fastest"
+    decided_by: str = "speed"  # the rule that decided (``measure.timing.decide``)
+    spread_ms: dict[str, float] = field(default_factory=dict)  # interquartile range of the best session's rounds
 
 
 @dataclass
@@ -170,11 +176,16 @@ def prepared(modules: dict[str, nn.Module], example: list[torch.Tensor], precisi
             for label, module in modules.items()}
 
 
-def session_medians(candidates: dict[str, Candidate], example: list[torch.Tensor], backend: str, device: str,
-                    threads: int, warmup: int, iters: int, precision: str = "fp32") -> dict[str, float]:
-    """Median milliseconds of each candidate, timed interleaved in fresh runners (sessions)."""
+def session_rounds(candidates: dict[str, Candidate], example: list[torch.Tensor], backend: str, device: str,
+                   threads: int, warmup: int, iters: int, precision: str = "fp32") -> dict[str, list[float]]:
+    """Milliseconds of each candidate per round, timed interleaved in fresh runners (sessions)."""
     with opened_runners(candidates, backend, example, device, threads, precision) as runners:
-        return median_ms(runners, example, warmup, iters, device)
+        return timed_rounds(runners, example, warmup, iters, device)
+
+
+def best_session(sessions: list[dict[str, list[float]]], label: str) -> list[float]:
+    """``label``'s rounds in the session where its median was lowest."""
+    return min((session[label] for session in sessions), key=lambda values: summarize(values).p50_ms)
 
 
 def candidate_snr(candidates: dict[str, Candidate], reference: nn.Module, held_out: torch.Tensor, backend: str,
@@ -209,18 +220,20 @@ def time_layer(name: str, layer: nn.Module, shape: tuple, backend: str, device: 
     modules = {**options, REFERENCE: layer.eval()}
     example = [inputs[0] if inputs else torch.randn(*shape)]
     ready = prepared(modules, example, precision, (inputs or example)[:-1] or example)
-    medians = [session_medians(ready, example, backend, device, threads, warmup, iters, precision)
-               for _ in range(sessions)]
-    per_session = {label: [round(m[label], 5) for m in medians] for label in modules}
+    timed = [session_rounds(ready, example, backend, device, threads, warmup, iters, precision)
+             for _ in range(sessions)]
+    per_session = {label: [round(summarize(s[label]).p50_ms, 5) for s in timed] for label in modules}
     best = {label: min(values) for label, values in per_session.items()}
     snr = None
     if precision != "fp32":
         snr = candidate_snr(ready, layer.eval(), (inputs or example)[-1], backend, device, precision)
-    chosen, why = fastest_within_margin(list(options), best, snr)
+    decision = decide({label: best_session(timed, label) for label in options}, SIMPLEST_FIRST,
+                      None if snr is None else {label: snr[label] for label in options})
     kernel, groups, rates, op = geometry(layer)
     return LayerTiming(name, list(shape), kernel, groups, rates, best, per_session,
-                       {label: round(best[label] / best[REFERENCE], 4) for label in options}, chosen, op, precision,
-                       snr, why)
+                       {label: round(best[label] / best[REFERENCE], 4) for label in options}, decision.kept, op,
+                       precision, snr, decision.why, decision.decided_by,
+                       {label: round(value, 5) for label, value in decision.spread_ms.items()})
 
 
 LayerToTune = tuple[str, nn.Module, tuple]
