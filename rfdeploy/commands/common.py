@@ -184,13 +184,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "under ~/.cache/rfdeploy/tensorrt)")
 
 
-def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
-    if args.workspace < 1:
-        raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
+def requested_precision(args: argparse.Namespace) -> str:
+    """``--precision``, with ``--fp16`` read as ``--precision fp16``: the one place the two flags are reconciled."""
     precision = getattr(args, "precision", "fp32")
     if args.fp16 and precision not in ("fp32", "fp16"):
         raise RFDeployError(f"--fp16 and --precision {precision}: give one")
-    precision = "fp16" if args.fp16 else precision
+    return "fp16" if args.fp16 else precision
+
+
+def engine_request(args: argparse.Namespace) -> trt_backend.EngineRequest:
+    if args.workspace < 1:
+        raise RFDeployError(f"--workspace {args.workspace}: must be at least 1 MiB")
+    precision = requested_precision(args)
     backend("tensorrt").require_precision(precision)
     options = trt_backend.BuildOptions(precision, args.workspace, args.timing_cache)
     return trt_backend.EngineRequest(options, args.min_shape, args.opt_shape, args.max_shape)

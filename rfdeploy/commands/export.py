@@ -25,6 +25,7 @@ from rfdeploy.commands.common import (
     precision_request,
     print_engine,
     print_tuning,
+    requested_precision,
     status,
     triton_request,
     verdict,
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         engine = engine_request(args)
     triton = triton_request(args)
     backends = tuple(parse_backends(args.verify_backends)) if args.verify_backends else ()
-    precision = precision_request(args, "fp32" if args.fp16 else args.precision, backends)
+    precision = precision_request(args, requested_precision(args), backends)
     with status("rfdeploy export") as progress:
         result = api.export(args.model, args.ckpt, args.structure, args.mode, args.input_shapes, args.opset,
                             args.dynamic_batch, args.out, args.atol, args.rtol, args.seed, progress=progress,
