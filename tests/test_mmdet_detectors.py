@@ -155,23 +155,24 @@ def write_config(path, structure=None, hook_mode="fixed_multi_branch", model="re
                     f"custom_hooks = {hooks!r}\n")
 
 
-@pytest.fixture(scope="module")
-def searched_files(tmp_path_factory):
-    """A RetinaNet searched by mmcv's hook one step, saved as mmengine saves it, and its structure file."""
-    root = tmp_path_factory.mktemp("config")
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def searched_files(request, tmp_path_factory):
+    """A detector (RetinaNet, FCOS) searched by mmcv's hook one step, saved as mmengine saves it, and its structure
+    file."""
+    root = tmp_path_factory.mktemp(f"config-{request.param}")
     hook = RFSearchHook("search", {"search": copy.deepcopy(SEARCH)}, verbose=False)
-    model = searched("retinanet", hook)
+    model = searched(request.param, hook)
     hook.step(model, str(root))
     draw_alphas(model, seed=2)
     ckpt = root / "epoch_1.pth"
     torch.save({"meta": {"epoch": 1}, "state_dict": model.state_dict()}, ckpt)
-    return root, model, ckpt, root / "local_search_config_step1.json"
+    return request.param, model, ckpt, root / "local_search_config_step1.json"
 
 
 def test_cli_exports_a_detector_from_its_config_checkpoint_and_the_hooks_structure(searched_files, tmp_path, capsys):
-    _, model, ckpt, structure = searched_files
-    config = tmp_path / "retinanet_rfsearch.py"
-    write_config(config, structure)
+    name, model, ckpt, structure = searched_files
+    config = tmp_path / f"{name}_rfsearch.py"
+    write_config(config, structure, model=name)
 
     code = cli.main(["export", "--config", str(config), "--ckpt", str(ckpt), "--out", str(tmp_path / "out")])
 
@@ -225,10 +226,14 @@ TEST_CFG = dict(nms_pre=1000, min_bbox_size=0, score_thr=0.05, nms=dict(type="nm
                 max_per_img=100)
 
 
-def write_full_config(path, structure) -> None:
+DETECTOR_TYPES = {"retinanet": "RetinaNet", "fcos": "FCOS"}
+
+
+def write_full_config(path, structure, model="retinanet") -> None:
     """A config as mmdeploy needs it: the test pipeline with its image loading and packing, the head's test_cfg."""
-    write_config(path, structure)
-    text = path.read_text().replace("'type': 'RetinaNet'", f"'type': 'RetinaNet', 'test_cfg': {TEST_CFG!r}")
+    write_config(path, structure, model=model)
+    kind = DETECTOR_TYPES[model]
+    text = path.read_text().replace(f"'type': '{kind}'", f"'type': '{kind}', 'test_cfg': {TEST_CFG!r}")
     text = text.replace("'pad_size_divisor': 32", "'pad_size_divisor': 32, 'mean': [123.675, 116.28, 103.53], "
                                                    "'std': [58.395, 57.12, 57.375], 'bgr_to_rgb': True")
     path.write_text(text + "test_dataloader = dict(dataset=dict(pipeline=test_pipeline))\n")
@@ -240,9 +245,9 @@ def test_mmdeploy_exports_the_compiled_detector_end2end_equal_to_the_searched_on
     from mmdeploy.utils import IR
     from mmengine.config import Config
 
-    _, _, ckpt, structure = searched_files
-    config, deploy = tmp_path / "retinanet_rfsearch.py", tmp_path / "detection_onnxruntime_static.py"
-    write_full_config(config, structure)
+    name, _, ckpt, structure = searched_files
+    config, deploy = tmp_path / f"{name}_rfsearch.py", tmp_path / "detection_onnxruntime_static.py"
+    write_full_config(config, structure, name)
     deploy.write_text("".join(f"{key} = {value!r}\n" for key, value in DEPLOY_ORT.items()))
     out = tmp_path / "out"
 
@@ -282,9 +287,9 @@ def test_mmdeploy_exports_the_compiled_detector_end2end_equal_to_the_searched_on
 
 
 def test_mmdeploy_with_a_deploy_config_of_another_codebase_is_one_line(searched_files, tmp_path, capsys):
-    _, _, ckpt, structure = searched_files
-    config, deploy = tmp_path / "retinanet_rfsearch.py", tmp_path / "segmentation.py"
-    write_full_config(config, structure)
+    name, _, ckpt, structure = searched_files
+    config, deploy = tmp_path / f"{name}_rfsearch.py", tmp_path / "segmentation.py"
+    write_full_config(config, structure, name)
     other = dict(DEPLOY_ORT, codebase_config=dict(type="mmseg", task="Segmentation"))
     deploy.write_text("".join(f"{key} = {value!r}\n" for key, value in other.items()))
     code = cli.main(["export", "--config", str(config), "--ckpt", str(ckpt), "--mmdeploy", str(deploy),
@@ -376,9 +381,9 @@ def test_mmdeploys_plain_build_does_not_hold_the_searched_checkpoint(searched_fi
     from mmengine.config import Config
     from mmengine.runner import load_checkpoint
 
-    _, _, ckpt, structure = searched_files
-    config = tmp_path / "retinanet_rfsearch.py"
-    write_config(config, structure)
+    name, _, ckpt, structure = searched_files
+    config = tmp_path / f"{name}_rfsearch.py"
+    write_config(config, structure, model=name)
     plain = MODELS.build(Config.fromfile(str(config)).model)
     searched_convs = list(json.loads(structure.read_text())["structure"])
     before = {name: plain.get_submodule(name).weight.detach().clone() for name in searched_convs}
@@ -386,3 +391,19 @@ def test_mmdeploys_plain_build_does_not_hold_the_searched_checkpoint(searched_fi
     unchanged = [name for name in searched_convs if torch.equal(plain.get_submodule(name).weight, before[name])]
     assert unchanged == searched_convs  # none of them took the checkpoint's weights
     assert sorted(api.load(config=config, ckpt=ckpt).info.searched) == sorted(searched_convs)  # rfdeploy reads them
+
+
+def test_analyze_and_bench_take_the_config_too(searched_files, tmp_path, capsys):
+    name, _, ckpt, structure = searched_files
+    config = tmp_path / f"{name}_rfsearch.py"
+    write_config(config, structure, model=name)
+    searched_convs = len(json.loads(structure.read_text())["structure"])
+
+    assert cli.main(["analyze", "--config", str(config), "--json"]) == 0  # the hook's structure, no checkpoint
+    analysed = json.loads(capsys.readouterr().out)
+    assert analysed["input_size"] == list(SHAPE[2:]) and "searched" in analysed["analysed"]
+
+    assert cli.main(["bench", "--config", str(config), "--ckpt", str(ckpt), "--backends", "onnxruntime",
+                     "--warmup", "1", "--iters", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["searched_layers"] == searched_convs and report["input_shapes"] == [list(SHAPE)]
