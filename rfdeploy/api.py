@@ -69,10 +69,10 @@ def export(model: str | nn.Module | None = None, ckpt=None, structure=None, mode
     ``precision.backends`` names where to check).
     """
     request = ExportRequest(
-        model_source(model, config), ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape, Path(out), atol, rtol, seed,
-        choices, write, tune, engine, None if inputs is None else Path(inputs),
-        None if save_io is None else Path(save_io), triton, precision,
-        None if mmdeploy is None else MmdeployRequest(Path(mmdeploy)), target=target)
+        model_source(model, config), ckpt, structure, mode, input_shapes, opset, dynamic_batch, dynamic_shape,
+        Path(out), atol, rtol, seed, choices, write, tune, engine, inputs=None if inputs is None else Path(inputs),
+        save_io=None if save_io is None else Path(save_io), triton=triton, precision=precision,
+        mmdeploy=None if mmdeploy is None else MmdeployRequest(Path(mmdeploy)), target=target)
     return run_export(request, progress)
 
 
