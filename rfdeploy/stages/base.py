@@ -6,7 +6,8 @@ report keys it owns and the files it will write. The declaration is checked once
 (``run_stages``) runs the stages that apply to the request, checks each returned exactly what it declared,
 assembles the report from the sections the stages own, and names the stage that failed. The output folder is
 checked before any work from the files the applicable stages declare (``planned_files``), and every file any
-stage of the deployment can write is an artifact name the deployment owns (``owned_files``).
+stage of the deployment can write is an artifact name the deployment owns (``declared_files`` for a request that
+asks for every artifact).
 """
 
 from __future__ import annotations

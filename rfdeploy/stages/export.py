@@ -26,7 +26,7 @@ from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
 from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
 from rfdeploy.measure.verify_engine import verify_engine
-from rfdeploy.precision import FORMATS, precision_of
+from rfdeploy.precision import precision_of
 from rfdeploy.quantize.deploy import (
     INT8_FILE,
     PrecisionRequest,
@@ -38,7 +38,7 @@ from rfdeploy.quantize.deploy import (
 from rfdeploy.serve import triton as triton_repository
 from rfdeploy.serve.mmdeploy import END2END, SDK_FILES, MmdeployRequest, check_deploy_config, end2end
 from rfdeploy.shapes import shapes_text
-from rfdeploy.stages.base import Progress, Run, Stage, check_stages, run_stages
+from rfdeploy.stages.base import Progress, Run, Stage, check_stages, declared_files, run_stages
 from rfdeploy.stages.outputs import Outputs
 from rfdeploy.tuning.layout import choose_layout, layout_target
 
@@ -363,7 +363,7 @@ EXPORT_STAGES = check_stages((
     Stage("verify", verify_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "own_inputs", "other_shapes"),
           adds=("reference", "sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
     Stage("save_io", save_io_stage, needs=("reference", "sets", "other_sets", "onnx_model"), verified=True,
-          when=lambda request: request.save_io is not None, files=lambda request: (request.save_io,),
+          when=lambda request: request.save_io is not None, files=lambda request: () if request.save_io is None else (request.save_io,),
           progress="writing the verification inputs and outputs"),
     Stage("receptive_field", receptive_field_stage, needs=("compiled", "shapes"), report=("receptive_field",),
           progress="analysing receptive fields"),
@@ -382,9 +382,11 @@ EXPORT_STAGES = check_stages((
     Stage("triton", triton_stage, needs=("loaded", "onnx_model", "tuning_result"), adds=("triton_plan",), report=("triton",), verified=True,
           when=lambda request: request.triton is not None, progress="planning the Triton repository"),
 ))
-# Every artifact name an export can write in its folder: it owns them, and removes those this run does not write.
-OWNED_FILES = (MODEL_FILE, *(entry.artifact for entry in FORMATS.values() if entry.artifact), ENGINE_FILE,
-               ENGINE_FILE + trt_backend.SIDECAR_SUFFIX, END2END, *SDK_FILES)
+# Every artifact name an export can write in its folder, as its stages declare them for a request that asks for every
+# artifact: it owns them, and removes those this run does not write.
+_EVERYTHING = ExportRequest(out=Path("."), engine=trt_backend.EngineRequest(), precision=PrecisionRequest("int8"),
+                            mmdeploy=MmdeployRequest(Path("deploy.py")))
+OWNED_FILES = tuple(path.name for path in declared_files(EXPORT_STAGES, _EVERYTHING) if path.parent == Path("."))
 
 
 @dataclass
