@@ -104,3 +104,46 @@ def test_export_runs_the_searched_forward_once_per_verification_input(tmp_path, 
     checks = result.report["verification"]
     assert result.passed and checks["backend"] == "onnxruntime-cpu" and checks["torch"]["backend"] == "torch-compiled"
     assert len(searched_inputs) == checks["trials"] == 2  # shared by the onnxruntime and the torch check
+
+
+def searched_forwards_during(export) -> int:
+    """How many times ``export()`` ran a searched forward: every ``SearchedConv`` runs once in each, counted by
+    torch's global forward hook."""
+    from rfdeploy.loader.searched_conv import SearchedConv
+
+    calls: dict[int, int] = {}
+
+    def count(module, inputs, output):
+        if isinstance(module, SearchedConv):
+            calls[id(module)] = calls.get(id(module), 0) + 1
+
+    handle = nn.modules.module.register_module_forward_hook(count)
+    try:
+        export()
+    finally:
+        handle.remove()
+    assert len(set(calls.values())) == 1, calls
+    return next(iter(calls.values()))
+
+
+def two_branch_model() -> nn.Module:
+    from rfdeploy.loader.searched_conv import SearchedConv
+
+    torch.manual_seed(0)
+    return nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
+                                      [(1, 1), (2, 2)], [(1, 1), (2, 2)], (1, 1), 1)).eval()
+
+
+def test_an_export_runs_the_searched_forward_once_per_input_set_its_shape_check_included(tmp_path):
+    from rfdeploy import api
+
+    def static():
+        assert api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False).passed
+
+    def dynamic():  # two sets at each of two shapes
+        assert api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False,
+                          dynamic_shape=True).passed
+
+    assert searched_forwards_during(static) == 2
+    assert searched_forwards_during(dynamic) == 4
+

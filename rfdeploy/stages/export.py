@@ -167,17 +167,21 @@ def load_stage(run: Run) -> dict:
 
 def shapes_stage(run: Run) -> dict:
     """The export's input shapes (given, the user's inputs', else the model's default), the user's own inputs,
-    and a dynamic export's second verification shape; the searched model must run on each."""
+    and a dynamic export's second verification shape; the searched model must run on each. It runs on the first
+    verification input at each shape, kept in ``reference`` for verification (a detector's forward takes seconds)."""
     request, loaded = run.request, run["loaded"]
+    reference = Reference(loaded.searched)
     count = len(request.input_shapes or loaded.input_shapes or [()])
     own = load_inputs(request.inputs, io_names(count, "input")) if request.inputs else None
-    shapes = input_shapes_for(loaded, request.input_shapes or (own.shapes if own else None))
+    shapes = input_shapes_for(loaded, request.input_shapes or (own.shapes if own else None),
+                              reference=reference, seed=request.seed)
     if own is not None:
         check_fits_export(own, shapes, request.dynamic_batch, request.dynamic_shape, str(request.inputs))
     other = other_shapes(shapes, request.dynamic_shape) if request.dynamic else None
     if other is not None:
-        input_shapes_for(loaded, other, what="the second verification shape of a dynamic export")
-    return {"shapes": shapes, "own_inputs": own, "other_shapes": other}
+        input_shapes_for(loaded, other, what="the second verification shape of a dynamic export",
+                         reference=reference, seed=request.seed)
+    return {"shapes": shapes, "own_inputs": own, "other_shapes": other, "reference": reference}
 
 
 def calibrate_stage(run: Run) -> dict:
@@ -227,7 +231,7 @@ def verify_stage(run: Run) -> dict:
     """The ONNX model in onnxruntime and the compiled torch model, each against the searched forward; a dynamic
     ONNX model at its second shape too; the fp32 model on each ``--verify-backends`` backend."""
     request, shapes = run.request, run["shapes"]
-    reference = Reference(run["loaded"].searched)  # each input's searched forward runs once, for every check
+    reference = run["reference"]  # each input's searched forward runs once, for every check
     own = run["own_inputs"]
     sets = seeded_inputs(shapes, request.seed) + ([own] if own else [])
     other_sets = seeded_inputs(run["other_shapes"], request.seed) if run["other_shapes"] else []
@@ -248,7 +252,7 @@ def verify_stage(run: Run) -> dict:
         "onnxruntime_passed": ort_check.passed, "torch": torch_check.to_json(),
         "other_shapes": other_check.to_json() if other_check else None,
         "backends": [check.to_json() for check in elsewhere], "passed": run.passed}
-    return {"reference": reference, "sets": sets, "other_sets": other_sets, "verification": verification}
+    return {"sets": sets, "other_sets": other_sets, "verification": verification}
 
 
 def fp32_checks(precision: PrecisionRequest | None) -> tuple[str, ...]:
@@ -349,7 +353,7 @@ def _under_out(*names: str):
 # The stages ``bench`` runs too.
 LOAD = Stage("load", load_stage, adds=("loaded",), report=("model", "model_recognised", "checkpoint", "structure", "load"),
              progress="loading")
-SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes"))
+SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes", "reference"))
 CALIBRATE = Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",))
 TUNE = Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
              report=("tuning",))
@@ -360,8 +364,9 @@ COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"),
                 progress="compiling and exporting ONNX")
 EXPORT_STAGES = check_stages((
     LOAD, SHAPES, CALIBRATE, TUNE, COMPILE,
-    Stage("verify", verify_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "own_inputs", "other_shapes"),
-          adds=("reference", "sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
+    Stage("verify", verify_stage, needs=("reference", "compiled", "onnx_model", "shapes", "own_inputs",
+                                         "other_shapes"),
+          adds=("sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
     Stage("save_io", save_io_stage, needs=("reference", "sets", "other_sets", "onnx_model"), verified=True,
           when=lambda request: request.save_io is not None, files=lambda request: (request.save_io,),
           progress="writing the verification inputs and outputs"),
@@ -447,14 +452,15 @@ def check_fits_export(own: InputSet, shapes: list[Shape], dynamic_batch: bool, d
                             f"{shapes_text(shapes)}; export at their shape (--input-shape) or with --dynamic-shape")
 
 
-def input_shapes_for(loaded: Loaded, given: list[Shape] | None, what: str = "input shape") -> list[Shape]:
-    """The given input shapes, else the model's default; the searched model must run on them."""
+def input_shapes_for(loaded: Loaded, given: list[Shape] | None, what: str = "input shape",
+                     reference: Reference | None = None, seed: int = 0) -> list[Shape]:
+    """The given input shapes, else the model's default; the searched model must run on them, on the first
+    verification input of ``seed`` (its outputs kept in ``reference``, where given)."""
     shapes = given or loaded.input_shapes
     if not shapes:
         raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
     try:
-        with torch.no_grad():
-            loaded.searched(*random_inputs(shapes, 0))
+        (reference or Reference(loaded.searched)).outputs(seeded_inputs(shapes, seed, trials=1)[0])
     except Exception as error:  # noqa: BLE001  # any failure of the user's model on this shape
         raise RFDeployError(f"model '{loaded.model_name}' does not run on {what} {shapes_text(shapes)}: "
                             f"{first_line(error)}") from None
