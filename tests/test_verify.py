@@ -147,3 +147,11 @@ def test_an_export_runs_the_searched_forward_once_per_input_set_its_shape_check_
     assert searched_forwards_during(static) == 2
     assert searched_forwards_during(dynamic) == 4
 
+
+def test_the_compiled_torch_model_is_checked_on_the_first_input_set_and_the_onnx_model_on_all(tmp_path):
+    from rfdeploy import api
+
+    checks = api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False,
+                        seed=5).report["verification"]
+    assert checks["sources"] == ["seed 5", "seed 6"] and checks["trials"] == 2
+    assert checks["torch"]["sources"] == ["seed 5"] and checks["torch"]["trials"] == 1 and checks["torch"]["passed"]
