@@ -155,3 +155,19 @@ def test_the_compiled_torch_model_is_checked_on_the_first_input_set_and_the_onnx
                         seed=5).report["verification"]
     assert checks["sources"] == ["seed 5", "seed 6"] and checks["trials"] == 2
     assert checks["torch"]["sources"] == ["seed 5"] and checks["torch"]["trials"] == 1 and checks["torch"]["passed"]
+
+
+def test_a_forward_already_run_is_checked_from_its_kept_outputs_without_running_again():
+    torch.manual_seed(0)
+    model = CountingConv(2, 3, 3).eval()
+    sets = seeded_inputs([(1, 2, 8, 8)], 0, trials=1)
+    CountingConv.calls = 0
+    compiled = Reference(model, name="torch-compiled")
+    returned = compiled.returned(sets[0])  # an exporter's forward, its return value as the model gives it
+    assert isinstance(returned, torch.Tensor) and CountingConv.calls == 1
+    check = verify_on(compiled, Reference(nn.Sequential(model)), sets)
+    assert check.passed and check.backend == "torch-compiled" and check.sources == ["seed 0"]
+    assert CountingConv.calls == 2  # the reference's own forward only
+    wrong = Reference(nn.Conv2d(2, 3, 3).eval(), name="torch-compiled")
+    wrong.returned(sets[0])
+    assert not verify_on(wrong, Reference(model), sets).passed

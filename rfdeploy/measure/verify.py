@@ -160,8 +160,9 @@ class Reference:
     computed once per input set and kept: one export checks several backends against the same inputs, and
     a detector-sized searched forward takes seconds."""
 
-    def __init__(self, source: nn.Module | Runner):
+    def __init__(self, source: nn.Module | Runner, name: str | None = None):
         self.source = source
+        self.name = name if name is not None else str(getattr(source, "name", "torch"))  # as a check of ``source`` reports it
         self.computed: dict[tuple, list[np.ndarray]] = {}
 
     def outputs(self, inputs: InputSet) -> list[np.ndarray]:
@@ -171,6 +172,20 @@ class Reference:
                                          else [a.astype(np.float64) for a in run_once(self.source, tensors)])
         return self.computed[inputs.key]
 
+    def returned(self, inputs: InputSet):
+        """The module's return value on ``inputs``, as it returns it (an exporter reads its structure), its
+        outputs kept for later checks."""
+        assert isinstance(self.source, nn.Module)
+        with torch.no_grad():
+            value = self.source(*inputs.tensors)
+        self.computed[inputs.key] = [t.detach().double().numpy() for t in flat_outputs(value)]
+        return value
+
+
+def outputs_of(source: Runner | Reference, inputs: InputSet) -> list[np.ndarray]:
+    """What ``source`` outputs on ``inputs``: a runner runs, a reference gives what it computed or computes it."""
+    return source.outputs(inputs) if isinstance(source, Reference) else run_once(source, list(inputs.tensors))
+
 
 def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: list[tuple[int, ...]],
            atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, trials: int = 2) -> Verification:
@@ -178,11 +193,12 @@ def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: li
     return verify_on(runner, reference, seeded_inputs(shapes, seed, trials), atol, rtol, seed)
 
 
-def compare_each(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> list[Comparison]:
+def compare_each(runner: Runner | Reference, reference: Reference | nn.Module | Runner,
+                 inputs: list[InputSet]) -> list[Comparison]:
     """``runner``'s outputs against ``reference``'s, per input set."""
     if not isinstance(reference, Reference):
         reference = Reference(reference)
-    return [compare(run_once(runner, list(s.tensors)), reference.outputs(s)) for s in inputs]
+    return [compare(outputs_of(runner, s), reference.outputs(s)) for s in inputs]
 
 
 def compare_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> Comparison:
@@ -204,10 +220,11 @@ def per_output(comparisons: list[Comparison]) -> list[dict]:
     return rows
 
 
-def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
+def verify_on(runner: Runner | Reference, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
               atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, precision: str = "fp32",
               min_snr_db: float | None = None) -> Verification:
-    """``runner`` against ``reference`` on each input set, reported under the runner's name (``seed``: that
+    """``runner`` (or the outputs a ``Reference`` keeps) against ``reference`` on each input set, reported under the
+    runner's name (``seed``: that
     of the random sets among them, for the record). Judged by ``atol`` and ``rtol``, or with ``min_snr_db``
     by the signal-to-noise ratio."""
     comparisons = compare_each(runner, reference, inputs)

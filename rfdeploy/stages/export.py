@@ -18,13 +18,12 @@ from rfdeploy.backends import backend, cuda_available, make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
-from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import LayerReport, LayoutChooser, compile_model, graph_pass_report
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.openmmlab import ConfigFile, read_config
 from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
-from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
+from rfdeploy.measure.verify import InputSet, Reference, seeded_inputs, verify_on
 from rfdeploy.measure.verify_engine import verify_engine
 from rfdeploy.precision import FORMATS, precision_of
 from rfdeploy.quantize.deploy import (
@@ -207,18 +206,26 @@ def tune_stage(run: Run) -> dict:
 
 
 def compile_stage(run: Run) -> dict:
-    """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run."""
+    """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run. The
+    exporter's forward of the compiled model runs on the first verification input, its outputs kept for the
+    compiled model's check (``compiled_forward``)."""
     request, shapes = run.request, run["shapes"]
-    example = random_inputs(shapes, request.seed)
-    result = compile_model(
-        run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
-        export=lambda model: export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape),
-        layout=request.layout_chooser(example, run.progress))
+    first = seeded_inputs(shapes, request.seed, trials=1)[0]
+    example, forwards = list(first.tensors), {}
+
+    def export(model: nn.Module) -> onnx.ModelProto:
+        forward = forwards["compiled"] = Reference(model, name="torch-compiled")
+        return export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape,
+                           returned=forward.returned(first))
+
+    result = compile_model(run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
+                           export=export, layout=request.layout_chooser(example, run.progress))
     onnx_model = result.onnx_model
     assert onnx_model is not None
     if request.write:
         run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString()
-    return {"compiled": result, "onnx_model": onnx_model, "mode": request.mode, "opset": request.opset,
+    return {"compiled": result, "onnx_model": onnx_model, "compiled_forward": forwards["compiled"],
+            "mode": request.mode, "opset": request.opset,
             "layers": [layer.to_json() for layer in result.layers],
             "involutions": [asdict(involution) for involution in result.involutions],
             "folded_batchnorms": len(result.folded_batchnorms), "batchnorm_note": result.batchnorm_note,
@@ -230,8 +237,8 @@ def compile_stage(run: Run) -> dict:
 def verify_stage(run: Run) -> dict:
     """The ONNX model in onnxruntime and the compiled torch model, each against the searched forward; a dynamic
     ONNX model at its second shape too; the fp32 model on each ``--verify-backends`` backend. The compiled torch
-    model runs on the first input set only: the ONNX model, traced from it, is checked on every set, and a forward
-    at a detector's size takes seconds."""
+    model is checked on the first input set only, on the outputs of the exporter's forward (``compile_stage``): the
+    ONNX model, traced from it, is checked on every set, and a forward at a detector's size takes seconds."""
     request, shapes = run.request, run["shapes"]
     reference = run["reference"]  # each input's searched forward runs once, for every check
     own = run["own_inputs"]
@@ -242,8 +249,7 @@ def verify_stage(run: Run) -> dict:
     with OrtRunner(onnx_model, threads=0) as onnx_runner:
         ort_check = verify_on(onnx_runner, reference, sets, *tolerances)
         other_check = verify_at_second_shape(onnx_runner, reference, other_sets, tolerances)
-    with TorchRunner(run["compiled"].model, name="torch-compiled") as torch_runner:
-        torch_check = verify_on(torch_runner, reference, sets[:1], *tolerances)
+    torch_check = verify_on(run["compiled_forward"], reference, sets[:1], *tolerances)
     elsewhere = []
     for name in also_on:
         with make_runner(name, None, [], threads=0, onnx_model=onnx_model) as runner:
@@ -359,14 +365,15 @@ SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_i
 CALIBRATE = Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",))
 TUNE = Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
              report=("tuning",))
-COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"), adds=("compiled", "onnx_model"),
+COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"),
+                adds=("compiled", "onnx_model", "compiled_forward"),
                 report=("mode", "opset", "layers", "involutions", "folded_batchnorms", "batchnorm_note",
                         "graph_passes", "layout", "onnx_ops", "onnx", "search_ops_left"),
                 files=_under_out(MODEL_FILE),
                 progress="compiling and exporting ONNX")
 EXPORT_STAGES = check_stages((
     LOAD, SHAPES, CALIBRATE, TUNE, COMPILE,
-    Stage("verify", verify_stage, needs=("reference", "compiled", "onnx_model", "shapes", "own_inputs",
+    Stage("verify", verify_stage, needs=("reference", "compiled_forward", "onnx_model", "shapes", "own_inputs",
                                          "other_shapes"),
           adds=("sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
     Stage("save_io", save_io_stage, needs=("reference", "sets", "other_sets", "onnx_model"), verified=True,
