@@ -171,3 +171,14 @@ def test_a_forward_already_run_is_checked_from_its_kept_outputs_without_running_
     wrong = Reference(nn.Conv2d(2, 3, 3).eval(), name="torch-compiled")
     wrong.returned(sets[0])
     assert not verify_on(wrong, Reference(model), sets).passed
+
+
+def test_an_input_past_a_million_values_is_verified_on_one_seeded_set_and_the_report_says_so(tmp_path):
+    from rfdeploy import api
+
+    large = api.export(two_branch_model(), input_shapes=[(1, 3, 600, 600)], out=tmp_path, write=False)
+    checks = large.report["verification"]
+    assert large.passed and checks["trials"] == 1 and checks["sources"] == ["seed 0"]
+    assert "1080000 values" in checks["note"] and checks["torch"]["sources"] == ["seed 0"]
+    small = api.export(two_branch_model(), input_shapes=[(1, 3, 500, 500)], out=tmp_path, write=False)
+    assert small.report["verification"]["trials"] == 2 and small.report["verification"]["note"] is None
