@@ -72,7 +72,7 @@ def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
     dynamic_axes = dynamic_axes_of(inputs, input_names, names, dynamic_batch, dynamic_shape)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():  # the tracer's forward keeps no activation for a backward
             warnings.simplefilter("ignore")
             torch.onnx.export(model, tuple(inputs), buffer, dynamo=False,  # type: ignore[arg-type]
                               opset_version=opset,
