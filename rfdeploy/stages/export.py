@@ -224,7 +224,7 @@ def compile_stage(run: Run) -> dict:
     onnx_model = result.onnx_model
     assert onnx_model is not None
     if request.write:
-        run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString()
+        run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString  # serialised when written
     return {"compiled": result, "onnx_model": onnx_model, "compiled_forward": forwards["compiled"],
             "mode": request.mode, "opset": request.opset,
             "layers": [layer.to_json() for layer in result.layers],
