@@ -47,8 +47,9 @@ def plain_export(shape: tuple[int, ...], out: Path, no_grad: bool) -> None:
 
 
 def timed(command: list[str], root: Path = ROOT) -> dict:
-    """``command`` under ``/usr/bin/time -v`` with ``root`` first on the path: its wall seconds and max RSS in MB."""
-    result = subprocess.run(["/usr/bin/time", "-v", *command], check=False, capture_output=True, text=True,
+    """``command`` under ``/usr/bin/time -v``, run in ``root`` (``-m`` imports from the working folder first): its
+    wall seconds and max RSS in MB."""
+    result = subprocess.run(["/usr/bin/time", "-v", *command], check=False, capture_output=True, text=True, cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)})
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
