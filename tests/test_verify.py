@@ -94,8 +94,8 @@ def test_export_runs_the_searched_forward_once_per_verification_input(tmp_path, 
     from rfdeploy.measure import verify as verify_module
 
     searched_inputs = []
-    real = verify_module.reference_outputs
-    monkeypatch.setattr(verify_module, "reference_outputs",
+    real = verify_module.returned_value
+    monkeypatch.setattr(verify_module, "returned_value",
                         lambda model, inputs: searched_inputs.append(inputs) or real(model, inputs))
     torch.manual_seed(0)
     searched = nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
@@ -163,13 +163,15 @@ def test_a_forward_already_run_is_checked_from_its_kept_outputs_without_running_
     sets = seeded_inputs([(1, 2, 8, 8)], 0, trials=1)
     CountingConv.calls = 0
     compiled = Reference(model, name="torch-compiled")
-    returned = compiled.returned(sets[0])  # an exporter's forward, its return value as the model gives it
-    assert isinstance(returned, torch.Tensor) and CountingConv.calls == 1
+    with compiled.watching(sets[0]):  # an exporter's forward
+        model(*sets[0].tensors)
+    assert CountingConv.calls == 1 and isinstance(compiled.structure, torch.Tensor)
     check = verify_on(compiled, Reference(nn.Sequential(model)), sets)
     assert check.passed and check.backend == "torch-compiled" and check.sources == ["seed 0"]
     assert CountingConv.calls == 2  # the reference's own forward only
     wrong = Reference(nn.Conv2d(2, 3, 3).eval(), name="torch-compiled")
-    wrong.returned(sets[0])
+    with wrong.watching(sets[0]):
+        wrong.source(*sets[0].tensors)
     assert not verify_on(wrong, Reference(model), sets).passed
 
 

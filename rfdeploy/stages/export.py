@@ -208,16 +208,18 @@ def tune_stage(run: Run) -> dict:
 
 def compile_stage(run: Run) -> dict:
     """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run. The
-    exporter's forward of the compiled model runs on the first verification input, its outputs kept for the
-    compiled model's check (``compiled_forward``)."""
+    exporter traces the compiled model on the first verification input, a forward of the real ops: its outputs are
+    kept for the compiled model's check (``compiled_forward``). The searched forward's return value names the
+    outputs (the compiled model's forward code is the searched one's), so the compiled model runs once."""
     request, shapes = run.request, run["shapes"]
     first = seeded_inputs(shapes, request.seed, trials=1)[0]
     example, forwards = list(first.tensors), {}
 
     def export(model: nn.Module) -> onnx.ModelProto:
         forward = forwards["compiled"] = Reference(model, name="torch-compiled")
-        return export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape,
-                           returned=forward.returned(first))
+        with forward.watching(first):
+            return export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape,
+                               returned=run["reference"].structure)
 
     result = compile_model(run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
                            export=export, layout=request.layout_chooser(example, run.progress))
@@ -382,7 +384,7 @@ SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_i
 CALIBRATE = Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",))
 TUNE = Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
              report=("tuning",))
-COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"),
+COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices", "reference"),
                 adds=("compiled", "onnx_model", "compiled_forward"),
                 report=("mode", "opset", "layers", "involutions", "folded_batchnorms", "batchnorm_note",
                         "graph_passes", "layout", "onnx_ops", "onnx", "search_ops_left"),
