@@ -63,7 +63,8 @@ def dynamic_axes_of(inputs: list[torch.Tensor], input_names: list[str], output_n
 def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
                 dynamic_batch: bool = False, dynamic_shape: bool = False, returned: Any = None) -> onnx.ModelProto:
     """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up. ``returned``:
-    the model's return value on ``inputs`` where the caller has it (its structure names the outputs)."""
+    the model's return value, or only its nesting (``measure.verify.structure_of``), where the caller has it: it
+    names the outputs, and the model then runs only in the trace."""
     if returned is None:
         with torch.no_grad():
             returned = model(*inputs)
