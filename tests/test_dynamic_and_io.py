@@ -134,3 +134,15 @@ def test_cli_dynamic_shape_with_inputs_and_save_io(tmp_path, monkeypatch, capsys
     assert report["verification"]["other_shapes"]["input_shapes"] == [[2, 3, 12, 12]]
     assert (tmp_path / "io.npz").is_file()
     assert "at a second shape" in capsys.readouterr().err
+
+
+def test_the_export_traces_without_autograd_so_no_activation_is_kept_for_a_backward():
+    """The tracer runs a real forward; with autograd on, every intermediate stays alive until it ends (GBs at a
+    detector's size)."""
+    from rfdeploy.backends.onnx_export import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    traced_outputs = []
+    model[0].register_forward_hook(lambda module, inputs, output: traced_outputs.append(output))
+    export_onnx(model, [torch.randn(1, 3, 8, 8)], returned=torch.zeros(1, 4, 6, 6))
+    assert traced_outputs and all(output.grad_fn is None for output in traced_outputs)

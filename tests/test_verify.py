@@ -94,8 +94,8 @@ def test_export_runs_the_searched_forward_once_per_verification_input(tmp_path, 
     from rfdeploy.measure import verify as verify_module
 
     searched_inputs = []
-    real = verify_module.reference_outputs
-    monkeypatch.setattr(verify_module, "reference_outputs",
+    real = verify_module.returned_value
+    monkeypatch.setattr(verify_module, "returned_value",
                         lambda model, inputs: searched_inputs.append(inputs) or real(model, inputs))
     torch.manual_seed(0)
     searched = nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
@@ -104,3 +104,83 @@ def test_export_runs_the_searched_forward_once_per_verification_input(tmp_path, 
     checks = result.report["verification"]
     assert result.passed and checks["backend"] == "onnxruntime-cpu" and checks["torch"]["backend"] == "torch-compiled"
     assert len(searched_inputs) == checks["trials"] == 2  # shared by the onnxruntime and the torch check
+
+
+def searched_forwards_during(export) -> int:
+    """How many times ``export()`` ran a searched forward: every ``SearchedConv`` runs once in each, counted by
+    torch's global forward hook."""
+    from rfdeploy.loader.searched_conv import SearchedConv
+
+    calls: dict[int, int] = {}
+
+    def count(module, inputs, output):
+        if isinstance(module, SearchedConv):
+            calls[id(module)] = calls.get(id(module), 0) + 1
+
+    handle = nn.modules.module.register_module_forward_hook(count)
+    try:
+        export()
+    finally:
+        handle.remove()
+    assert len(set(calls.values())) == 1, calls
+    return next(iter(calls.values()))
+
+
+def two_branch_model() -> nn.Module:
+    from rfdeploy.loader.searched_conv import SearchedConv
+
+    torch.manual_seed(0)
+    return nn.Sequential(SearchedConv(torch.randn(4, 3, 3, 3), torch.randn(4), torch.tensor([0.3, 0.7]),
+                                      [(1, 1), (2, 2)], [(1, 1), (2, 2)], (1, 1), 1)).eval()
+
+
+def test_an_export_runs_the_searched_forward_once_per_input_set_its_shape_check_included(tmp_path):
+    from rfdeploy import api
+
+    def static():
+        assert api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False).passed
+
+    def dynamic():  # two sets at each of two shapes
+        assert api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False,
+                          dynamic_shape=True).passed
+
+    assert searched_forwards_during(static) == 2
+    assert searched_forwards_during(dynamic) == 4
+
+
+def test_the_compiled_torch_model_is_checked_on_the_first_input_set_and_the_onnx_model_on_all(tmp_path):
+    from rfdeploy import api
+
+    checks = api.export(two_branch_model(), input_shapes=[(1, 3, 8, 8)], out=tmp_path, write=False,
+                        seed=5).report["verification"]
+    assert checks["sources"] == ["seed 5", "seed 6"] and checks["trials"] == 2
+    assert checks["torch"]["sources"] == ["seed 5"] and checks["torch"]["trials"] == 1 and checks["torch"]["passed"]
+
+
+def test_a_forward_already_run_is_checked_from_its_kept_outputs_without_running_again():
+    torch.manual_seed(0)
+    model = CountingConv(2, 3, 3).eval()
+    sets = seeded_inputs([(1, 2, 8, 8)], 0, trials=1)
+    CountingConv.calls = 0
+    compiled = Reference(model, name="torch-compiled")
+    with compiled.watching(sets[0]):  # an exporter's forward
+        model(*sets[0].tensors)
+    assert CountingConv.calls == 1 and isinstance(compiled.structure, torch.Tensor)
+    check = verify_on(compiled, Reference(nn.Sequential(model)), sets)
+    assert check.passed and check.backend == "torch-compiled" and check.sources == ["seed 0"]
+    assert CountingConv.calls == 2  # the reference's own forward only
+    wrong = Reference(nn.Conv2d(2, 3, 3).eval(), name="torch-compiled")
+    with wrong.watching(sets[0]):
+        wrong.source(*sets[0].tensors)
+    assert not verify_on(wrong, Reference(model), sets).passed
+
+
+def test_an_input_past_a_million_values_is_verified_on_one_seeded_set_and_the_report_says_so(tmp_path):
+    from rfdeploy import api
+
+    large = api.export(two_branch_model(), input_shapes=[(1, 3, 600, 600)], out=tmp_path, write=False)
+    checks = large.report["verification"]
+    assert large.passed and checks["trials"] == 1 and checks["sources"] == ["seed 0"]
+    assert "1080000 values" in checks["note"] and checks["torch"]["sources"] == ["seed 0"]
+    small = api.export(two_branch_model(), input_shapes=[(1, 3, 500, 500)], out=tmp_path, write=False)
+    assert small.report["verification"]["trials"] == 2 and small.report["verification"]["note"] is None

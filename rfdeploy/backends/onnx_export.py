@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -60,16 +61,19 @@ def dynamic_axes_of(inputs: list[torch.Tensor], input_names: list[str], output_n
 
 
 def export_onnx(model: nn.Module, inputs: list[torch.Tensor], opset: int = 17,
-                dynamic_batch: bool = False, dynamic_shape: bool = False) -> onnx.ModelProto:
-    """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up."""
-    with torch.no_grad():
-        returned = model(*inputs)
+                dynamic_batch: bool = False, dynamic_shape: bool = False, returned: Any = None) -> onnx.ModelProto:
+    """The model as ONNX (TorchScript exporter: plain Conv nodes, constant-folded), graph cleaned up. ``returned``:
+    the model's return value, or only its nesting (``measure.verify.structure_of``), where the caller has it: it
+    names the outputs, and the model then runs only in the trace."""
+    if returned is None:
+        with torch.no_grad():
+            returned = model(*inputs)
     input_names = io_names(len(inputs), "input")
     names = output_names(returned, input_names)
     dynamic_axes = dynamic_axes_of(inputs, input_names, names, dynamic_batch, dynamic_shape)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():  # the tracer's forward keeps no activation for a backward
             warnings.simplefilter("ignore")
             torch.onnx.export(model, tuple(inputs), buffer, dynamo=False,  # type: ignore[arg-type]
                               opset_version=opset,

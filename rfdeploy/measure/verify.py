@@ -12,7 +12,10 @@ so that values near zero do not dominate). An fp32 run passes when every output'
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,25 +154,73 @@ class Verification:
 
 
 def reference_outputs(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    return kept_outputs(returned_value(model, inputs))
+
+
+def returned_value(model: nn.Module, inputs: list[torch.Tensor]) -> Any:
     with torch.no_grad():
-        return [t.detach().double().numpy() for t in flat_outputs(model(*inputs))]
+        return model(*inputs)
+
+
+def kept_outputs(returned: Any) -> list[np.ndarray]:
+    return [t.detach().double().numpy() for t in flat_outputs(returned)]
 
 
 class Reference:
     """What verification compares against (the searched PyTorch model, or another runner), its outputs
     computed once per input set and kept: one export checks several backends against the same inputs, and
-    a detector-sized searched forward takes seconds."""
+    a detector-sized searched forward takes seconds. For a module, also how its return value nests its
+    outputs (``structure``: each tensor an empty one), which names an export's outputs."""
 
-    def __init__(self, source: nn.Module | Runner):
+    def __init__(self, source: nn.Module | Runner, name: str | None = None):
         self.source = source
+        self.name = name if name is not None else str(getattr(source, "name", "torch"))  # as a check of it reports
         self.computed: dict[tuple, list[np.ndarray]] = {}
+        self.structure: Any = None
 
     def outputs(self, inputs: InputSet) -> list[np.ndarray]:
         if inputs.key not in self.computed:
             tensors = list(inputs.tensors)
-            self.computed[inputs.key] = (reference_outputs(self.source, tensors) if isinstance(self.source, nn.Module)
-                                         else [a.astype(np.float64) for a in run_once(self.source, tensors)])
+            if isinstance(self.source, nn.Module):
+                self.keep(inputs, returned_value(self.source, tensors))
+            else:
+                self.computed[inputs.key] = [a.astype(np.float64) for a in run_once(self.source, tensors)]
         return self.computed[inputs.key]
+
+    def keep(self, inputs: InputSet, returned: Any) -> None:
+        """A module's return value on ``inputs``: its outputs for later checks, and how it nests them."""
+        self.computed[inputs.key] = kept_outputs(returned)
+        self.structure = structure_of(returned)
+
+    @contextmanager
+    def watching(self, inputs: InputSet) -> Iterator[None]:
+        """The module's next forward inside the block (an exporter's trace, which runs the real ops) kept as its
+        outputs on ``inputs``."""
+        assert isinstance(self.source, nn.Module)
+        seen: list[Any] = []
+        handle = self.source.register_forward_hook(lambda module, args, output: seen.append(output))
+        try:
+            yield
+        finally:
+            handle.remove()
+        if seen:
+            self.keep(inputs, seen[0])
+
+
+def structure_of(returned: Any) -> Any:
+    """``returned`` with each tensor an empty one: the nesting (dict keys, namedtuple fields) of its outputs."""
+    if isinstance(returned, torch.Tensor):
+        return torch.empty(0)
+    if isinstance(returned, dict):
+        return {key: structure_of(value) for key, value in returned.items()}
+    if getattr(returned, "_fields", None):
+        return type(returned)(*map(structure_of, returned))
+    return [structure_of(value) for value in returned]
+
+
+def outputs_of(source: Runner | Reference, inputs: InputSet) -> list[np.ndarray]:
+    """What ``source`` outputs on ``inputs``: a runner runs, a reference gives what it computed or computes it."""
+    return source.outputs(inputs) if isinstance(source, Reference) else run_once(source, list(inputs.tensors))
 
 
 def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: list[tuple[int, ...]],
@@ -178,11 +229,12 @@ def verify(runner: Runner, reference: Reference | nn.Module | Runner, shapes: li
     return verify_on(runner, reference, seeded_inputs(shapes, seed, trials), atol, rtol, seed)
 
 
-def compare_each(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> list[Comparison]:
+def compare_each(runner: Runner | Reference, reference: Reference | nn.Module | Runner,
+                 inputs: list[InputSet]) -> list[Comparison]:
     """``runner``'s outputs against ``reference``'s, per input set."""
     if not isinstance(reference, Reference):
         reference = Reference(reference)
-    return [compare(run_once(runner, list(s.tensors)), reference.outputs(s)) for s in inputs]
+    return [compare(outputs_of(runner, s), reference.outputs(s)) for s in inputs]
 
 
 def compare_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet]) -> Comparison:
@@ -204,10 +256,11 @@ def per_output(comparisons: list[Comparison]) -> list[dict]:
     return rows
 
 
-def verify_on(runner: Runner, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
+def verify_on(runner: Runner | Reference, reference: Reference | nn.Module | Runner, inputs: list[InputSet],
               atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0, precision: str = "fp32",
               min_snr_db: float | None = None) -> Verification:
-    """``runner`` against ``reference`` on each input set, reported under the runner's name (``seed``: that
+    """``runner`` (or the outputs a ``Reference`` keeps) against ``reference`` on each input set, reported under the
+    runner's name (``seed``: that
     of the random sets among them, for the record). Judged by ``atol`` and ``rtol``, or with ``min_snr_db``
     by the signal-to-noise ratio."""
     comparisons = compare_each(runner, reference, inputs)

@@ -41,7 +41,9 @@ class Run:
     report: dict[str, Any] = field(default_factory=dict)
     passed: bool = True  # every verification so far
     seconds: dict[str, float] = field(default_factory=dict)  # each stage's wall time, for the report
-    files: dict[Path, bytes] = field(default_factory=dict)  # output path -> content, written on success only
+    # output path -> content, or what makes it at write time (a model serialised then is not held beside the
+    # model while verification runs); written on success only
+    files: dict[Path, bytes | Callable[[], bytes]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]

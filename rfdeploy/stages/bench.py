@@ -241,6 +241,7 @@ class BenchRequest(ExportRequest):
 
 def random_alphas_stage(run: Run) -> dict:
     randomize_alphas(run["loaded"].searched, run.request.random_alphas)
+    run["reference"].computed.clear()  # the searched forward of the alphas before
     return {}
 
 
@@ -253,7 +254,7 @@ def plan_stage(run: Run) -> dict:
     lowerings = {layer.name: layer.lowering for layer in compiled.layers}
     lowerings |= {involution.name: involution.lowering for involution in compiled.involutions}
     tuned = {"tune": request.tune, "tuning": run.report["tuning"]} if request.tune else {}
-    return {"rows": rows, "searched_forward": Reference(run["loaded"].searched),
+    return {"rows": rows, "searched_forward": run["reference"],
             "inputs": random_inputs(run["shapes"], request.seed), "device": request.device,
             "device_name": device_name(request.device), "threads": request.threads,
             "input_shapes": [list(shape) for shape in run["shapes"]], "warmup": request.warmup, "iters": request.iters,
@@ -310,10 +311,10 @@ def time_stage(run: Run) -> dict:
 
 BENCH_STAGES = check_stages((
     LOAD, SHAPES,
-    Stage("random_alphas", random_alphas_stage, needs=("loaded",),
+    Stage("random_alphas", random_alphas_stage, needs=("loaded", "reference"),
           when=lambda request: request.random_alphas is not None),
     CALIBRATE, TUNE, COMPILE,
-    Stage("plan", plan_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "choices"),
+    Stage("plan", plan_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "choices", "reference"),
           adds=("rows", "searched_forward", "inputs"),
           report=("device", "device_name", "threads", "input_shapes", "warmup", "iters", "versions", "cpu_flags",
                   "skipped", "compile")),

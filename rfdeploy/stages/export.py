@@ -5,6 +5,7 @@ the output folder first from the files they declare, and writes everything only 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,13 +19,12 @@ from rfdeploy.backends import backend, cuda_available, make_runner
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnx_export import OPSETS, export_onnx, io_names, op_counts, search_ops_left, signature
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
-from rfdeploy.backends.torch_backend import TorchRunner
 from rfdeploy.compiler.pipeline import LayerReport, LayoutChooser, compile_model, graph_pass_report
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.loader.openmmlab import ConfigFile, read_config
 from rfdeploy.loader.sources import Loaded, load, source_name
 from rfdeploy.measure.io_files import io_bytes, load_inputs
-from rfdeploy.measure.verify import InputSet, Reference, random_inputs, seeded_inputs, verify_on
+from rfdeploy.measure.verify import InputSet, Reference, seeded_inputs, verify_on
 from rfdeploy.measure.verify_engine import verify_engine
 from rfdeploy.precision import precision_of
 from rfdeploy.quantize.deploy import (
@@ -167,17 +167,21 @@ def load_stage(run: Run) -> dict:
 
 def shapes_stage(run: Run) -> dict:
     """The export's input shapes (given, the user's inputs', else the model's default), the user's own inputs,
-    and a dynamic export's second verification shape; the searched model must run on each."""
+    and a dynamic export's second verification shape; the searched model must run on each. It runs on the first
+    verification input at each shape, kept in ``reference`` for verification (a detector's forward takes seconds)."""
     request, loaded = run.request, run["loaded"]
+    reference = Reference(loaded.searched)
     count = len(request.input_shapes or loaded.input_shapes or [()])
     own = load_inputs(request.inputs, io_names(count, "input")) if request.inputs else None
-    shapes = input_shapes_for(loaded, request.input_shapes or (own.shapes if own else None))
+    shapes = input_shapes_for(loaded, request.input_shapes or (own.shapes if own else None),
+                              reference=reference, seed=request.seed)
     if own is not None:
         check_fits_export(own, shapes, request.dynamic_batch, request.dynamic_shape, str(request.inputs))
     other = other_shapes(shapes, request.dynamic_shape) if request.dynamic else None
     if other is not None:
-        input_shapes_for(loaded, other, what="the second verification shape of a dynamic export")
-    return {"shapes": shapes, "own_inputs": own, "other_shapes": other}
+        input_shapes_for(loaded, other, what="the second verification shape of a dynamic export",
+                         reference=reference, seed=request.seed)
+    return {"shapes": shapes, "own_inputs": own, "other_shapes": other, "reference": reference}
 
 
 def calibrate_stage(run: Run) -> dict:
@@ -203,18 +207,28 @@ def tune_stage(run: Run) -> dict:
 
 
 def compile_stage(run: Run) -> dict:
-    """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run."""
+    """The compiled model, exported and through the graph pipelines, its layout chosen for where it will run. The
+    exporter traces the compiled model on the first verification input, a forward of the real ops: its outputs are
+    kept for the compiled model's check (``compiled_forward``). The searched forward's return value names the
+    outputs (the compiled model's forward code is the searched one's), so the compiled model runs once."""
     request, shapes = run.request, run["shapes"]
-    example = random_inputs(shapes, request.seed)
-    result = compile_model(
-        run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
-        export=lambda model: export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape),
-        layout=request.layout_chooser(example, run.progress))
+    first = seeded_inputs(shapes, request.seed, trials=1)[0]
+    example, forwards = list(first.tensors), {}
+
+    def export(model: nn.Module) -> onnx.ModelProto:
+        forward = forwards["compiled"] = Reference(model, name="torch-compiled")
+        with forward.watching(first):
+            return export_onnx(model, example, request.opset, request.dynamic_batch, request.dynamic_shape,
+                               returned=run["reference"].structure)
+
+    result = compile_model(run["loaded"].searched, request.mode, choices=run["choices"], input_shapes=shapes,
+                           export=export, layout=request.layout_chooser(example, run.progress))
     onnx_model = result.onnx_model
     assert onnx_model is not None
     if request.write:
-        run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString()
-    return {"compiled": result, "onnx_model": onnx_model, "mode": request.mode, "opset": request.opset,
+        run.files[request.out / MODEL_FILE] = onnx_model.SerializeToString  # serialised when written
+    return {"compiled": result, "onnx_model": onnx_model, "compiled_forward": forwards["compiled"],
+            "mode": request.mode, "opset": request.opset,
             "layers": [layer.to_json() for layer in result.layers],
             "involutions": [asdict(involution) for involution in result.involutions],
             "folded_batchnorms": len(result.folded_batchnorms), "batchnorm_note": result.batchnorm_note,
@@ -225,19 +239,22 @@ def compile_stage(run: Run) -> dict:
 
 def verify_stage(run: Run) -> dict:
     """The ONNX model in onnxruntime and the compiled torch model, each against the searched forward; a dynamic
-    ONNX model at its second shape too; the fp32 model on each ``--verify-backends`` backend."""
+    ONNX model at its second shape too; the fp32 model on each ``--verify-backends`` backend. The compiled torch
+    model is checked on the first input set only, on the outputs of the exporter's forward (``compile_stage``): the
+    ONNX model, traced from it, is checked on every set, and a forward at a detector's size takes seconds."""
     request, shapes = run.request, run["shapes"]
-    reference = Reference(run["loaded"].searched)  # each input's searched forward runs once, for every check
+    reference = run["reference"]  # each input's searched forward runs once, for every check
     own = run["own_inputs"]
-    sets = seeded_inputs(shapes, request.seed) + ([own] if own else [])
-    other_sets = seeded_inputs(run["other_shapes"], request.seed) if run["other_shapes"] else []
+    trials, note = seeded_trials(shapes)
+    sets = seeded_inputs(shapes, request.seed, trials) + ([own] if own else [])
+    other_sets = seeded_inputs(run["other_shapes"], request.seed, seeded_trials(run["other_shapes"])[0]
+                               ) if run["other_shapes"] else []
     also_on = fp32_checks(request.precision) if request.lowered is None else ()
     onnx_model, tolerances = run["onnx_model"], (request.atol, request.rtol, request.seed)
     with OrtRunner(onnx_model, threads=0) as onnx_runner:
         ort_check = verify_on(onnx_runner, reference, sets, *tolerances)
         other_check = verify_at_second_shape(onnx_runner, reference, other_sets, tolerances)
-    with TorchRunner(run["compiled"].model, name="torch-compiled") as torch_runner:
-        torch_check = verify_on(torch_runner, reference, sets, *tolerances)
+    torch_check = verify_on(run["compiled_forward"], reference, sets[:1], *tolerances)
     elsewhere = []
     for name in also_on:
         with make_runner(name, None, [], threads=0, onnx_model=onnx_model) as runner:
@@ -245,10 +262,24 @@ def verify_stage(run: Run) -> dict:
     checks = [ort_check, torch_check, *elsewhere] + ([other_check] if other_check else [])
     run.passed = all(check.passed for check in checks) and not run.report["search_ops_left"]
     verification = ort_check.to_json() | {
-        "onnxruntime_passed": ort_check.passed, "torch": torch_check.to_json(),
+        "note": note, "onnxruntime_passed": ort_check.passed, "torch": torch_check.to_json(),
         "other_shapes": other_check.to_json() if other_check else None,
         "backends": [check.to_json() for check in elsewhere], "passed": run.passed}
-    return {"reference": reference, "sets": sets, "other_sets": other_sets, "verification": verification}
+    return {"sets": sets, "other_sets": other_sets, "verification": verification}
+
+
+ONE_TRIAL_FROM = 1_000_000  # input values per set from which one seeded set is verified on, not two
+
+
+def seeded_trials(shapes: list[Shape]) -> tuple[int, str | None]:
+    """How many seeded input sets to verify on, and why fewer than two: past a million input values, a set already
+    compares every weight at that many positions, and a second one costs a searched forward and an ONNX run at a
+    detector's size (tens of seconds). What it would add, another draw of a data-dependent branch, is lost."""
+    values = sum(math.prod(shape) for shape in shapes)
+    if values < ONE_TRIAL_FROM:
+        return 2, None
+    return 1, (f"one seeded input set: it holds {values} values, past {ONE_TRIAL_FROM}, where a second set costs "
+               f"another searched forward and ONNX run")
 
 
 def fp32_checks(precision: PrecisionRequest | None) -> tuple[str, ...]:
@@ -349,19 +380,21 @@ def _under_out(*names: str):
 # The stages ``bench`` runs too.
 LOAD = Stage("load", load_stage, adds=("loaded",), report=("model", "model_recognised", "checkpoint", "structure", "load"),
              progress="loading")
-SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes"))
+SHAPES = Stage("shapes", shapes_stage, needs=("loaded",), adds=("shapes", "own_inputs", "other_shapes", "reference"))
 CALIBRATE = Stage("calibrate", calibrate_stage, needs=("shapes",), adds=("calibration",))
 TUNE = Stage("tune", tune_stage, needs=("loaded", "shapes", "calibration"), adds=("choices", "tuning_result"),
              report=("tuning",))
-COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices"), adds=("compiled", "onnx_model"),
+COMPILE = Stage("compile", compile_stage, needs=("loaded", "shapes", "choices", "reference"),
+                adds=("compiled", "onnx_model", "compiled_forward"),
                 report=("mode", "opset", "layers", "involutions", "folded_batchnorms", "batchnorm_note",
                         "graph_passes", "layout", "onnx_ops", "onnx", "search_ops_left"),
                 files=_under_out(MODEL_FILE),
                 progress="compiling and exporting ONNX")
 EXPORT_STAGES = check_stages((
     LOAD, SHAPES, CALIBRATE, TUNE, COMPILE,
-    Stage("verify", verify_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "own_inputs", "other_shapes"),
-          adds=("reference", "sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
+    Stage("verify", verify_stage, needs=("reference", "compiled_forward", "onnx_model", "shapes", "own_inputs",
+                                         "other_shapes"),
+          adds=("sets", "other_sets"), report=("verification",), progress="verifying in onnxruntime"),
     Stage("save_io", save_io_stage, needs=("reference", "sets", "other_sets", "onnx_model"), verified=True,
           when=lambda request: request.save_io is not None, files=lambda request: () if request.save_io is None else (request.save_io,),
           progress="writing the verification inputs and outputs"),
@@ -449,14 +482,15 @@ def check_fits_export(own: InputSet, shapes: list[Shape], dynamic_batch: bool, d
                             f"{shapes_text(shapes)}; export at their shape (--input-shape) or with --dynamic-shape")
 
 
-def input_shapes_for(loaded: Loaded, given: list[Shape] | None, what: str = "input shape") -> list[Shape]:
-    """The given input shapes, else the model's default; the searched model must run on them."""
+def input_shapes_for(loaded: Loaded, given: list[Shape] | None, what: str = "input shape",
+                     reference: Reference | None = None, seed: int = 0) -> list[Shape]:
+    """The given input shapes, else the model's default; the searched model must run on them, on the first
+    verification input of ``seed`` (its outputs kept in ``reference``, where given)."""
     shapes = given or loaded.input_shapes
     if not shapes:
         raise RFDeployError(f"model '{loaded.model_name}' has no default input shape; give --input-shape")
     try:
-        with torch.no_grad():
-            loaded.searched(*random_inputs(shapes, 0))
+        (reference or Reference(loaded.searched)).outputs(seeded_inputs(shapes, seed, trials=1)[0])
     except Exception as error:  # noqa: BLE001  # any failure of the user's model on this shape
         raise RFDeployError(f"model '{loaded.model_name}' does not run on {what} {shapes_text(shapes)}: "
                             f"{first_line(error)}") from None

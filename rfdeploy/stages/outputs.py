@@ -36,7 +36,7 @@ class Outputs:
         files = {**run.files, self.out / REPORT_FILE: report}
         folders: dict[Path, dict[str, bytes]] = {}
         for path, data in files.items():
-            folders.setdefault(path.parent, {})[path.name] = data
+            folders.setdefault(path.parent, {})[path.name] = data() if callable(data) else data
         written = [path for folder, named in folders.items() for path in write_all(folder, named)]
         for name in (*self.owned, FAILED_REPORT):  # what no longer describes this folder
             stale = self.out / name
