@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfdeploy.artifacts import write_all
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet, Reference
 
@@ -91,13 +90,6 @@ def load_inputs(path: str | Path, input_names: list[str]) -> InputSet:
             raise RFDeployError(f"{path}: input '{name}' holds NaN or infinite values")
         tensors.append(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
     return InputSet(path.name, tuple(tensors))
-
-
-def save_io(path: str | Path, sets: list[InputSet], reference: Reference, input_names: list[str],
-            output_names: list[str]) -> Path:
-    """Every input set and the searched model's outputs on it, written whole or not at all."""
-    path = Path(path)
-    return write_all(path.parent, {path.name: io_bytes(sets, reference, input_names, output_names)})[0]
 
 
 def io_bytes(sets: list[InputSet], reference: Reference, input_names: list[str], output_names: list[str]) -> bytes:
