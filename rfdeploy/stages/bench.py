@@ -241,7 +241,6 @@ class BenchRequest(ExportRequest):
 
 def random_alphas_stage(run: Run) -> dict:
     randomize_alphas(run["loaded"].searched, run.request.random_alphas)
-    run["reference"].computed.clear()  # the searched forward of the alphas before
     return {}
 
 
@@ -254,7 +253,7 @@ def plan_stage(run: Run) -> dict:
     lowerings = {layer.name: layer.lowering for layer in compiled.layers}
     lowerings |= {involution.name: involution.lowering for involution in compiled.involutions}
     tuned = {"tune": request.tune, "tuning": run.report["tuning"]} if request.tune else {}
-    return {"rows": rows, "searched_forward": run["reference"],
+    return {"rows": rows,
             "inputs": random_inputs(run["shapes"], request.seed), "device": request.device,
             "device_name": device_name(request.device), "threads": request.threads,
             "input_shapes": [list(shape) for shape in run["shapes"]], "warmup": request.warmup, "iters": request.iters,
@@ -294,7 +293,7 @@ def quantize_stage(run: Run) -> dict:
             continue
         if id(graph) not in quantized:
             quantized[id(graph)], int8[row.backend] = quantized_for_bench(
-                graph, row.backend, run["searched_forward"], run["shapes"], request.seed, request.lowered,
+                graph, row.backend, run["reference"], run["shapes"], request.seed, request.lowered,
                 run["calibration"], run.progress)
         row.onnx_model = quantized[id(graph)]
     return {"int8": int8}
@@ -304,27 +303,28 @@ def time_stage(run: Run) -> dict:
     request, calibration = run.request, run["calibration"]
     held_out = calibration.held_out if calibration else None
     with torch_settings(request.threads):
-        results = bench_rows(run["rows"], run["inputs"], run["searched_forward"], held_out, request.device, request.threads,
+        results = bench_rows(run["rows"], run["inputs"], run["reference"], held_out, request.device, request.threads,
                              request.warmup, request.iters, run.progress)
     return {"results": results, "reference": with_ratios(results)}
 
 
 BENCH_STAGES = check_stages((
-    LOAD, SHAPES,
-    Stage("random_alphas", random_alphas_stage, needs=("loaded", "reference"),
+    LOAD,
+    # before the shape check, whose searched forward verification keeps: it must see the alphas drawn
+    Stage("random_alphas", random_alphas_stage, needs=("loaded",),
           when=lambda request: request.random_alphas is not None),
-    CALIBRATE, TUNE, COMPILE,
-    Stage("plan", plan_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "choices", "reference"),
-          adds=("rows", "searched_forward", "inputs"),
+    SHAPES, CALIBRATE, TUNE, COMPILE,
+    Stage("plan", plan_stage, needs=("loaded", "compiled", "onnx_model", "shapes", "choices"),
+          adds=("rows", "inputs"),
           report=("device", "device_name", "threads", "input_shapes", "warmup", "iters", "versions", "cpu_flags",
                   "skipped", "compile")),
     Stage("layouts", layouts_stage, needs=("rows", "onnx_model", "inputs"), adds=("graphs",), report=("layouts",)),
-    Stage("quantize", quantize_stage, needs=("rows", "graphs", "searched_forward", "shapes", "calibration"),
+    Stage("quantize", quantize_stage, needs=("rows", "graphs", "reference", "shapes", "calibration"),
           report=("int8",)),
-    Stage("time", time_stage, needs=("rows", "inputs", "searched_forward", "calibration"),
+    Stage("time", time_stage, needs=("rows", "inputs", "reference", "calibration"),
           report=("results", "reference")),
 ))
-FIRST_AFTER_INPUT = 2  # LOAD, SHAPES
+FIRST_AFTER_INPUT = 3  # LOAD, random_alphas, SHAPES
 
 
 def start_bench(request: BenchRequest, loaded: Loaded | None = None) -> Run:
