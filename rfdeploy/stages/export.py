@@ -302,6 +302,12 @@ def verify_at_second_shape(runner: OrtRunner, reference: Reference, sets: list[I
                             f"a constant, such as int(x.shape[2]), fixes the graph to the export shape)") from None
 
 
+def joins_verification(run: Run, passed: bool) -> None:
+    """A later check's verdict (precision, engine, mmdeploy) joins the export's: the run's and the report's."""
+    run.passed = run.passed and passed
+    run.report["verification"]["passed"] = run.passed
+
+
 def save_io_stage(run: Run) -> dict:
     request, sets = run.request, run["sets"] + run["other_sets"]
     output_names = [value.name for value in run["onnx_model"].graph.output]
@@ -323,8 +329,7 @@ def precision_stage(run: Run) -> dict:
                     run.progress, run["calibration"])
     if result.model is not None:
         run.files[request.out / INT8_FILE] = result.model.SerializeToString()
-    run.passed = run.passed and result.passed
-    run.report["verification"]["passed"] = run.passed
+    joins_verification(run, result.passed)
     return {"deployed": result, "precision": result.to_json() | {"warnings": result.warnings}}
 
 
@@ -340,8 +345,7 @@ def tensorrt_stage(run: Run) -> dict:
                           request.lowered.min_snr_db if request.lowered else None,
                           deployed.held_out if deployed is not None else None)
     run.files.update({request.out / name: data for name, data in engine.files(ENGINE_FILE).items()})
-    run.passed = run.passed and check.passed
-    run.report["verification"]["passed"] = run.passed
+    joins_verification(run, check.passed)
     return {"engine": engine, "tensorrt": {"sidecar": engine.sidecar.to_json(), "verification": check.to_json()}}
 
 
@@ -353,8 +357,7 @@ def mmdeploy_stage(run: Run) -> dict:
     files, check = end2end(run["compiled"].model, loaded.searched, loaded.config, deploy_cfg, run["shapes"][0],
                            request.seed, None if request.ckpt is None else str(request.ckpt))
     run.files.update({request.out / name: data for name, data in files.items()})
-    run.passed = run.passed and check["passed"] is not False
-    run.report["verification"]["passed"] = run.passed
+    joins_verification(run, check["passed"] is not False)
     return {"end2end": files[END2END], "mmdeploy": check}
 
 
