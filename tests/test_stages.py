@@ -6,12 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_util import Files, assert_one_line_error, run_main
+from cli_util import TINY_NET, Files, assert_one_line_error, run_main
 
 from rfdeploy.errors import RFDeployError
 from rfdeploy.stages.base import (
@@ -148,27 +147,11 @@ def test_save_io_into_a_missing_folder_or_onto_a_fifo_is_refused_before_work(fil
     assert not files.out.exists()
 
 
-BAKED = textwrap.dedent("""
-    import torch
-    from torch import nn
-
-
-    class Baked(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(4)
-            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-
-        def forward(self, x):
-            y = self.conv2(torch.relu(self.bn1(self.conv1(x))))
-            return y.reshape(int(y.shape[0]), int(y.shape[1]) * int(y.shape[2]) * int(y.shape[3]))
-
-
-    def build():
-        torch.manual_seed(0)
-        return Baked().eval()
-""")
+# the tiny net, its forward ending in a Reshape to the sizes it saw: a graph traced from it keeps them
+BAKED = TINY_NET.replace(
+    "return self.conv2(torch.relu(self.bn1(self.conv1(x))))",
+    "y = self.conv2(torch.relu(self.bn1(self.conv1(x))))\n"
+    "        return y.reshape(int(y.shape[0]), int(y.shape[1]) * int(y.shape[2]) * int(y.shape[3]))")
 
 
 def test_a_forward_that_bakes_a_size_fails_a_dynamic_export_in_one_line_naming_the_shape(files, capsys):
