@@ -82,7 +82,7 @@ def _end2end(compiled: nn.Module, searched: nn.Module, model_cfg, deploy_cfg, sh
     generator = np.random.default_rng(seed)
     images = [generator.integers(0, 256, (shape[-2], shape[-1], 3), dtype=np.uint8) for _ in range(IMAGES)]
     inputs = [processor.create_input(image, None, getattr(searched, "data_preprocessor", None)) for image in images]
-    expected = [_rewritten_forward(searched, tensor, data, deploy_cfg) for data, tensor in inputs]
+    expected = _rewritten_forwards(searched, inputs, deploy_cfg)
     with tempfile.TemporaryDirectory(prefix="rfdeploy-mmdeploy-") as folder:
         _export(compiled, inputs[0], deploy_cfg, Path(folder))
         _export_sdk_files(deploy_cfg, model_cfg, Path(folder), checkpoint)
@@ -104,8 +104,10 @@ def _onnx_settings(deploy_cfg) -> dict[str, Any]:
             "keep_initializers_as_inputs": onnx_cfg.get("keep_initializers_as_inputs", False)}
 
 
-def _rewritten_forward(model: nn.Module, tensor: torch.Tensor, data: dict, deploy_cfg) -> list[np.ndarray]:
-    """mmdeploy's rewritten forward of ``model`` (its post-processing included), run in PyTorch."""
+def _rewritten_forwards(model: nn.Module, inputs: list[tuple[dict, torch.Tensor]], deploy_cfg
+                        ) -> list[list[np.ndarray]]:
+    """mmdeploy's rewritten forward of ``model`` (its post-processing included) on each input, run in PyTorch: the
+    model patched once (a copy: patching edits it), every input run in one rewriter context."""
     from mmdeploy.core import RewriterContext, patch_model
     from mmdeploy.utils import IR, get_backend
 
@@ -113,8 +115,8 @@ def _rewritten_forward(model: nn.Module, tensor: torch.Tensor, data: dict, deplo
     opset = _onnx_settings(deploy_cfg)["opset_version"]
     patched = patch_model(copy.deepcopy(model), cfg=deploy_cfg, backend=backend, ir=IR.ONNX)
     with RewriterContext(cfg=deploy_cfg, backend=backend, ir=IR.ONNX, opset=opset), torch.no_grad():
-        outputs = patched(tensor, data_samples=data["data_samples"], mode="predict")
-    return [output.numpy() for output in outputs]
+        return [[output.numpy() for output in patched(tensor, data_samples=data["data_samples"], mode="predict")]
+                for data, tensor in inputs]
 
 
 def _export(compiled: nn.Module, given: tuple[dict, torch.Tensor], deploy_cfg, folder: Path) -> None:
