@@ -94,7 +94,8 @@ def test_json_stdout_is_json_alone_with_a_histogram_calibrator(files, method):
                            "--calib-method", method, "--min-snr", "0"]
     run = run_entry(argv, cwd=files.root)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["precision"]["calibration"]["calibration_sets"] == 2
+    calibration = json.loads(run.stdout)["precision"]["calibration"]
+    assert calibration["calibration_sets"] == 2 and calibration["method"] == method
 
 
 TWO_INPUTS = """

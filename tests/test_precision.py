@@ -314,7 +314,116 @@ def test_conv_matmul_op_set_quantizes_only_convs_and_matmuls(files):
     assert computing_ops(quantize_int8(fp32, sets, ops="all")) == ["Conv", "Conv"]
 
 
+def test_float_input_op_sets_keep_the_layers_reading_the_input_in_fp32(files):
+    from rfdeploy.quantize.int8 import int8_compute, quantize_int8
+
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    sets = calibration_data("random", [(1, 3, 12, 12)], 4).calibration
+    first = next(node for node in fp32.graph.node if "input" in node.input)
+    for ops in ("all", "conv-matmul"):
+        whole, float_input = quantize_int8(fp32, sets, ops=ops), quantize_int8(fp32, sets, ops=f"{ops}-float-input")
+        assert int8_compute(float_input)[0] == int8_compute(whole)[0] - 1
+        reader = next(node for node in float_input.graph.node if node.name == first.name)
+        assert reader.input[0] == "input"  # the graph input itself, not a dequantized copy
+        assert not any(node.op_type == "QuantizeLinear" and node.input[0] == "input" for node in float_input.graph.node)
+
+
+def activation_zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Per quantized activation (not a weight), the zero point of its QuantizeLinear."""
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return {node.input[0]: constants[node.input[2]] for node in model.graph.node
+            if node.op_type == "QuantizeLinear" and node.input[0] not in constants}
+
+
+def test_each_activation_format_stores_activations_as_its_backend_needs(files):
+    from rfdeploy.quantize.int8 import quantize_int8
+
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    sets = calibration_data("random", [(1, 3, 12, 12)], 4).calibration
+    uint8 = activation_zero_points(quantize_int8(fp32, sets, activations="uint8"))
+    assert {z.dtype for z in uint8.values()} == {np.dtype("uint8")} and any(z != 0 for z in uint8.values())
+    tensorrt = activation_zero_points(quantize_int8(fp32, sets, activations="int8"))
+    assert {z.dtype for z in tensorrt.values()} == {np.dtype("int8")} and all(z == 0 for z in tensorrt.values())
+    free = quantize_int8(fp32, sets, activations="zero-point-free")
+    zero_points = activation_zero_points(free)
+    assert all(z == 0 for z in zero_points.values())
+    # uint8 exactly where the float model's tensor is never negative on the calibration data (the ReLU's)
+    # a quantized graph output is written as OUTPUT_QuantizeLinear_Input
+    float_name = {name: name.removesuffix("_QuantizeLinear_Input") for name in zero_points}
+    probed = onnx.ModelProto()
+    probed.CopyFrom(fp32)
+    present = {output.name for output in fp32.graph.output} | {"input"}
+    probed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in set(float_name.values()) - present)
+    session = ort.InferenceSession(probed.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    per_name = zip(names, zip(*(session.run(None, {"input": s.tensors[0].numpy()}) for s in sets)))
+    lowest_float = {name: min(float(values.min()) for values in per_set) for name, per_set in per_name}
+    lowest_float["input"] = min(float(s.tensors[0].min()) for s in sets)
+    lowest = {name: lowest_float[float_name[name]] for name in zero_points}
+    assert {name for name, z in zero_points.items() if z.dtype == np.uint8} == \
+        {name for name in zero_points if lowest[name] >= 0} != set()
+    assert {name for name, z in zero_points.items() if z.dtype == np.int8} == \
+        {name for name in zero_points if lowest[name] < 0} != set()
+
+
+def test_the_int8_model_is_made_in_the_format_of_where_it_runs(files):
+    base = {"precision": "int8", "calib": "random", "calib_count": 4, "int8_ops": "all"}
+    assert PrecisionRequest(**base).activations == "uint8"  # onnxruntime, the default
+    assert PrecisionRequest(**base, target="openvino").activations == "zero-point-free"
+    assert PrecisionRequest(**base, backends=("openvino",)).activations == "zero-point-free"
+    assert PrecisionRequest(**base, builds_engine=True).activations == "int8"  # TensorRT's, whatever checks it
+    result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
+                        precision=PrecisionRequest(**base), target="openvino")
+    assert result.report["precision"]["activations"]["format"] == "zero-point-free" and result.passed
+    assert all(z == 0 for z in activation_zero_points(result.precision.model).values())
+
+
+def input_scale(model: onnx.ModelProto) -> float:
+    """The scale of the QuantizeLinear that rounds the graph input."""
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    node = next(node for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "input")
+    return float(constants[node.input[1]])
+
+
+def test_calibration_in_chunks_sets_the_ranges_one_pass_sets(files):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from rfdeploy.quantize.int8 import InputReader, calibration_chunk, quantize_int8
+
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
+    sets = calibration_data("random", [(1, 3, 12, 12)], 6).calibration
+    assert calibration_chunk(len(sets)) == 3  # two chunks
+    onnx.save(fp32, files.root / "fp32.onnx")
+    quantize_static(files.root / "fp32.onnx", files.root / "one-pass.onnx", InputReader(["input"], sets),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    one_pass = onnx.load(files.root / "one-pass.onnx")
+    chunked = quantize_int8(fp32, sets, method="minmax")
+    scales = {name: [numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_scale")]
+              for name, model in (("one pass", one_pass), ("chunked", chunked))}
+    assert len(scales["chunked"]) == len(scales["one pass"]) > 0
+    for a, b in zip(scales["chunked"], scales["one pass"]):
+        assert np.array_equal(a, b)
+
+
+def test_percentile_ranges_are_not_set_by_one_outlier_value(files):
+    from rfdeploy.measure.verify import InputSet
+    from rfdeploy.quantize.int8 import DEFAULT_METHOD, quantize_int8
+
+    shape = (1, 3, 64, 64)
+    fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[shape], write=False).onnx_model
+    sets = calibration_data("random", [shape], 32).calibration
+    outlier = sets[0].tensors[0].clone()
+    outlier[0, 0, 0, 0] = 1000.0
+    sets[0] = InputSet("one outlier", (outlier,))
+    assert DEFAULT_METHOD == "percentile"
+    minmax, percentile = input_scale(quantize_int8(fp32, sets, "minmax")), input_scale(quantize_int8(fp32, sets))
+    assert minmax > 1000 / 255 * 0.9  # min-max stretches the range to the one value
+    assert percentile < minmax / 50  # 99.999% of 393,216 input values (0.0005% cut on each side): the outlier is
+
+
 def test_int8_export_times_each_op_set_and_keeps_it_by_the_rule_that_decided(files):
+    from rfdeploy.measure.timing import SNR_TIE_DB
     from rfdeploy.precision import SNR_MARGIN_DB
     from rfdeploy.quantize.int8 import OP_SETS
 
@@ -322,18 +431,25 @@ def test_int8_export_times_each_op_set_and_keeps_it_by_the_rule_that_decided(fil
                         precision=PrecisionRequest("int8", calib="random", calib_count=4))
     ops = result.report["precision"]["quantized_ops"]
     assert set(ops["median_ms"]) == set(OP_SETS) and ops["backend"] == "onnxruntime"
-    fastest = min(OP_SETS, key=ops["median_ms"].__getitem__)
     best_snr = max(ops["snr_db"].values())
-    if best_snr - ops["snr_db"][fastest] > SNR_MARGIN_DB:
-        assert ops["kept"] == max(OP_SETS, key=ops["snr_db"].__getitem__) and ops["decided_by"] == "accuracy"
-    elif ops["decided_by"] == "speed":  # faster than the other by more than the spread of the rounds
-        other = next(name for name in OP_SETS if name != fastest)
-        spread = max(ops["spread_ms"][fastest], ops["spread_ms"][other])
-        assert ops["kept"] == fastest and ops["median_ms"][other] - ops["median_ms"][fastest] > spread
-    elif ops["decided_by"] == "simplicity":
-        assert ops["kept"] == min(OP_SETS, key=ops["nodes"].__getitem__)
-    else:
-        assert ops["decided_by"] == "accuracy" and ops["kept"] == max(OP_SETS, key=ops["snr_db"].__getitem__)
+    acceptable = [name for name in OP_SETS if best_snr - ops["snr_db"][name] <= SNR_MARGIN_DB]
+    fastest = min(acceptable, key=ops["median_ms"].__getitem__)
+    assert ops["kept"] in acceptable and ops["decided_by"] in ("speed", "accuracy", "simplicity")
+
+    def within_spread(name: str) -> bool:
+        spread = max(ops["spread_ms"][fastest], ops["spread_ms"][name])
+        return ops["median_ms"][name] - ops["median_ms"][fastest] <= spread
+
+    tied = [name for name in acceptable if within_spread(name)]
+    if ops["decided_by"] == "speed":  # faster than every other by more than the spread of the rounds
+        assert ops["kept"] == fastest and tied == [fastest]
+    else:  # among those as fast: the most accurate, or of those as accurate the simplest (fewest nodes)
+        assert ops["kept"] in tied
+        if ops["decided_by"] == "simplicity":
+            assert all(ops["nodes"][ops["kept"]] <= ops["nodes"][name] for name in tied
+                       if abs(ops["snr_db"][name] - ops["snr_db"][ops["kept"]]) <= SNR_TIE_DB)
+        elif len(tied) > 1:
+            assert ops["snr_db"][ops["kept"]] == max(ops["snr_db"][name] for name in tied)
     assert ops["rounds"] >= 5
 
 

@@ -1,7 +1,7 @@
 """The backends rfdeploy runs models on: one entry each.
 
 An entry says where the backend runs, whether it runs the exported ONNX model or the torch module, at which
-precisions, what artifact it builds to run a model (a TensorRT engine), and where its runner factory and its
+precisions (and in which format an int8 model made for it stores activations), what artifact it builds to run a model (a TensorRT engine), and where its runner factory and its
 install check live (``"module:function"``, imported only when
 the backend is used, so that a missing optional package costs nothing until it is asked for).
 
@@ -25,7 +25,12 @@ from torch import nn
 from rfdeploy.backends.base import DEVICES, Runner
 from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.errors import RFDeployError
-from rfdeploy.precision import check_precision
+from rfdeploy.precision import (
+    INT8_ACTIVATIONS,
+    UINT8_ACTIVATIONS,
+    ZERO_POINT_FREE_ACTIVATIONS,
+    check_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Backend:
     check: str | None = None  # "module:function" raising the install hint where the backend is missing
     precisions: tuple[str, ...] = ("fp32",)  # the number formats it runs, fp32 first
     builds: str = ""  # the artifact it builds from the ONNX model to run it, written beside it by an export
+    int8_activations: str = UINT8_ACTIVATIONS.name  # how an int8 model made for it stores activations
 
     @property
     def cuda_only(self) -> bool:
@@ -82,12 +88,13 @@ BACKENDS = {backend.name: backend for backend in (
     Backend("onnxruntime", "onnxruntime: CPU provider, or CUDA provider with --device cuda", DEVICES, True,
             f"{_HERE}.onnxruntime_backend:runner", f"{_HERE}.onnxruntime_backend:check", ("fp32", "int8")),
     Backend("openvino", "OpenVINO's CPU plugin, its inference precision always set", ("cpu",), True,
-            f"{_HERE}.openvino_backend:runner", f"{_HERE}.openvino_backend:check", ("fp32", "bf16", "int8")),
+            f"{_HERE}.openvino_backend:runner", f"{_HERE}.openvino_backend:check", ("fp32", "bf16", "int8"),
+            int8_activations=ZERO_POINT_FREE_ACTIVATIONS.name),
     Backend("onnxruntime-trt", "onnxruntime's TensorRT execution provider (onnxruntime-gpu)", ("cuda",), True,
             f"{_HERE}.onnxruntime_backend:runner_with_tensorrt", f"{_HERE}.onnxruntime_backend:check_with_tensorrt"),
     Backend("tensorrt", "a TensorRT engine built with the TensorRT Python API", ("cuda",), True,
             f"{_HERE}.tensorrt.runner:engine_runner", f"{_HERE}.tensorrt.runner:check", ("fp32", "fp16", "int8"),
-            builds="model.engine"),
+            builds="model.engine", int8_activations=INT8_ACTIVATIONS.name),
 )}
 
 

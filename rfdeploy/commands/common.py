@@ -20,7 +20,7 @@ from rfdeploy.measure.verify import Verification
 from rfdeploy.precision import DEFAULT_MIN_SNR_DB, PRECISIONS
 from rfdeploy.quantize.calibration import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess
 from rfdeploy.quantize.deploy import MEASURE, PrecisionRequest
-from rfdeploy.quantize.int8 import METHODS, OP_SETS
+from rfdeploy.quantize.int8 import DEFAULT_METHOD, METHODS, OP_SETS
 from rfdeploy.quantize.mixed_precision import RANKINGS
 from rfdeploy.serve import triton as triton_repository
 
@@ -134,10 +134,12 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
                              "'random': random inputs, accuracy then unknown (default: none, int8 refused)")
     parser.add_argument("--calib-count", type=COUNT, default=32, metavar="N",
                         help="calibration batches; later ones are held out for verification")
-    parser.add_argument("--calib-method", choices=METHODS, default="minmax", help="how activation ranges are set")
+    parser.add_argument("--calib-method", choices=METHODS, default=DEFAULT_METHOD, help="how activation ranges are set")
     parser.add_argument("--int8-ops", choices=(MEASURE, *OP_SETS), default=MEASURE,
-                        help="which ops int8 quantizes: all that onnxruntime can, or only convs and matmuls; "
-                             "'measure' times both and keeps the faster (unless it loses over 3 dB of SNR)")
+                        help="which ops int8 quantizes: all that onnxruntime can, or only convs and matmuls, each "
+                             "with or without the layers reading the input kept in fp32; 'measure' times them all "
+                             "where the model will run and keeps the fastest beyond the timing spread, else the "
+                             "most accurate")
     parser.add_argument("--calib-size", type=parse_size, metavar="H,W",
                         help="image size after resize and centre crop (default: the input shape's)")
     parser.add_argument("--calib-mean", type=parse_numbers, default=IMAGENET_MEAN, metavar="R,G,B",

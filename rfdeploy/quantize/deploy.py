@@ -22,14 +22,21 @@ from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.errors import RFDeployError
 from rfdeploy.measure.timing import Candidate, Tick, decide, opened_runners, timed_rounds
 from rfdeploy.measure.verify import InputSet, Reference, Verification, compare_on, finite_db, verify_on
-from rfdeploy.precision import INT8, check_precision, min_snr_for, precision_of
+from rfdeploy.precision import ACTIVATION_FORMATS, INT8, check_precision, min_snr_for, precision_of
 from rfdeploy.quantize.calibration import (
     CalibrationData,
     ImagePreprocess,
     calibration_data,
     require_calibration,
 )
-from rfdeploy.quantize.int8 import OP_SETS, QUANTIZED_OPS, Int8Quantizer, int8_compute, quantized_nodes
+from rfdeploy.quantize.int8 import (
+    DEFAULT_METHOD,
+    OP_SETS,
+    QUANTIZED_OPS,
+    Int8Quantizer,
+    int8_compute,
+    quantized_nodes,
+)
 from rfdeploy.quantize.mixed_precision import RANKINGS, reach_snr
 
 INT8_FILE = INT8.artifact
@@ -43,13 +50,14 @@ class PrecisionRequest:
     precision: str = "fp32"
     calib: str | None = None  # a path, or "random"
     calib_count: int = 32
-    calib_method: str = "minmax"
+    calib_method: str = DEFAULT_METHOD
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     min_snr_db: float | None = None  # None: the precision's default, and no mixed precision
     backends: tuple[str, ...] = ()  # () : the precision's own ``verified_on``
     int8_ops: str = MEASURE  # one of OP_SETS, or MEASURE: each timed where the model will run, one kept
     ranking: str = "output"  # how mixed precision ranks tensors (``mixed_precision.RANKINGS``)
     target: str | None = None  # where the model will run (the export's ``--target``), None: not said
+    builds_engine: bool = False  # a TensorRT engine is built from the int8 model (``--trt``)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -72,6 +80,12 @@ class PrecisionRequest:
         return (self.target,) if runs and self.target is not None else ()
 
     @property
+    def activations(self) -> str:
+        """How the int8 model stores activations: as TensorRT needs where an engine is built from it, else as the
+        backend it is made for (the one its op set is timed on) runs fastest."""
+        return backend("tensorrt" if self.builds_engine else self.timed_on[0]).int8_activations
+
+    @property
     def timed_on(self) -> tuple[str, str]:
         """Where the int8 op set is timed: ``(backend, device)``, the target's, else the first verification
         backend's."""
@@ -90,6 +104,8 @@ class PrecisionResult:
     mixed: dict | None = None
     ops: dict | None = None  # which ops were quantized, and (measured) why
     warnings: list[str] = field(default_factory=list)
+    calib_method: str | None = None  # how activation ranges were set (int8)
+    activations: str | None = None  # how the int8 model stores activations (``precision.ACTIVATION_FORMATS``)
 
     @property
     def passed(self) -> bool:
@@ -113,7 +129,9 @@ class PrecisionResult:
                 "file": INT8_FILE if self.model is not None else None,
                 "quantized_nodes": quantized_nodes(self.model) if self.model is not None else None,
                 "int8_share": self.int8_share(),
-                "calibration": self.calibration.to_json() if self.calibration else None,
+                "calibration": {**self.calibration.to_json(), "method": self.calib_method} if self.calibration else None,
+                "activations": None if self.activations is None else
+                {"format": self.activations, "why": ACTIVATION_FORMATS[self.activations].why},
                 "quantized_ops": self.ops, "mixed_precision": self.mixed,
                 "checks": [check.to_json() for check in self.checks],
                 "passed": self.passed}
@@ -166,7 +184,7 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
             return compare_on(runner, reference, data.held_out).snr_db
 
     step(f"calibrating on {len(data.calibration)} batch(es) ({request.calib_method}) and quantizing")
-    with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method) as quantizer:
+    with Int8Quantizer(compiled_onnx, data.calibration, request.calib_method, request.activations) as quantizer:
         if request.int8_ops == MEASURE:
             timed_on, device = request.timed_on
             step(f"timing the int8 model with each set of quantized ops on {timed_on}")
@@ -179,7 +197,8 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
                               request.ranking, model)
             model, mixed = found.model, found.to_json()
     checks = [_check(name, model, "int8", reference, data.held_out, seed, target) for name in request.verify_backends]
-    return PrecisionResult("int8", target, checks, data, model, mixed, ops, list(data.warnings))
+    return PrecisionResult("int8", target, checks, data, model, mixed, ops, list(data.warnings), request.calib_method,
+                           request.activations)
 
 
 def measured_op_set(quantizer: Int8Quantizer, backend_name: str, reference: Reference, held_out: list[InputSet],

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -29,15 +30,40 @@ from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.compiler.graph_edit import kept_in_fp32
 from rfdeploy.errors import RFDeployError, first_line
 from rfdeploy.measure.verify import InputSet
+from rfdeploy.precision import (
+    ACTIVATION_FORMATS,
+    INT8_ACTIVATIONS,
+    UINT8_ACTIVATIONS,
+    ZERO_POINT_FREE_ACTIVATIONS,
+)
 
-METHODS = ("minmax", "entropy", "percentile")
+# Activation ranges (--calib-method). Percentile (onnxruntime's: 99.999% of the absolute values) by default: on
+# natural-image crops it was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T) more accurate than min-max, which lets
+# one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against NNCF").
+METHODS = ("percentile", "minmax", "entropy")
+DEFAULT_METHOD = "percentile"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Which ops get QDQ: every op onnxruntime's quantizer supports (so that int8 flows from op to op through
-# adds, pools and activations), or the convs and matmuls alone (the rest stays fp32, with a QDQ pair on
-# each side of every quantized op). Neither is always faster: on onnxruntime (docs/benchmarks.md) "all"
-# took 22.9 ms against 29.8 ms on Res2Net-50 and 44.2 ms against 36.7 ms on ConvNeXt-T, so each export
-# times both (``--int8-ops measure``).
-OP_SETS: dict[str, tuple[str, ...] | None] = {"all": None, "conv-matmul": QUANTIZED_OPS}
+# onnxruntime's calibrators keep every tensor of the batches they have read until they reduce them to ranges:
+# feeding them this many batches at a time keeps calibration's memory that of a few batches, at any input size.
+CALIBRATION_CHUNK = 4
+
+
+@dataclass(frozen=True)
+class OpSet:
+    """Which nodes get QDQ. ``op_types``: every op onnxruntime's quantizer supports (None: int8 flows from op to
+    op through adds, pools and activations), or the convs and matmuls alone (the rest stays fp32, a QDQ pair on
+    each side of every quantized op). ``float_input``: the nodes that read a graph input stay fp32, so the
+    input itself is never rounded to 8 bits (an image normalised per channel is not on one 8-bit grid)."""
+
+    op_types: tuple[str, ...] | None
+    float_input: bool = False
+
+
+# No one set is always fastest. On onnxruntime (docs/benchmarks.md) "all" took 22.9 ms against 29.8 ms on Res2Net-50 and
+# 44.2 ms against 36.7 ms on ConvNeXt-T; a float input layer cost ConvNeXt-T no time and gained it 1.2-1.5 dB, and
+# gained Res2Net-50 nothing. Each export times them all where the model will run (``--int8-ops measure``).
+OP_SETS: dict[str, OpSet] = {"all": OpSet(None), "conv-matmul": OpSet(QUANTIZED_OPS),
+                             "all-float-input": OpSet(None, True), "conv-matmul-float-input": OpSet(QUANTIZED_OPS, True)}
 
 
 class Int8Quantizer:
@@ -45,10 +71,13 @@ class Int8Quantizer:
     ranges are cached for every later call (mixed precision tries several sets). The nodes a graph pass
     marked (``graph_edit.keep_in_fp32``: a LayerNormalization spelled out channels-first) always stay fp32."""
 
-    def __init__(self, model: onnx.ModelProto, calibration: Sequence[InputSet], method: str = "minmax"):
+    def __init__(self, model: onnx.ModelProto, calibration: Sequence[InputSet], method: str = DEFAULT_METHOD,
+                 activations: str = UINT8_ACTIVATIONS.name):
         if method not in METHODS:
             raise RFDeployError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
-        self.method = method
+        if activations not in ACTIVATION_FORMATS:
+            raise RFDeployError(f"unknown int8 activation format '{activations}' (known: {', '.join(ACTIVATION_FORMATS)})")
+        self.method, self.activations = method, activations
         self.calibration = list(calibration)
         self.input_names = [value.name for value in graph_inputs(model)]
         self.workdir = tempfile.TemporaryDirectory(prefix="rfdeploy-int8-")
@@ -57,27 +86,55 @@ class Int8Quantizer:
         self.cache_path = Path(self.workdir.name) / "ranges.json"
         self.quantizable = [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS]
         self.always_fp32 = kept_in_fp32(model)
+        self.input_readers = [node.name for node in model.graph.node if set(node.input) & set(self.input_names)]
 
     def quantize(self, keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
+        if ops not in OP_SETS:
+            raise RFDeployError(f"unknown set of quantized ops '{ops}' (known: {', '.join(OP_SETS)})")
+        op_set = OP_SETS[ops]
+        if not self.cache_path.exists():
+            self._run_quantizer((), None, calibrating=True)
+        excluded = [*self.always_fp32, *keep_fp32, *(self.input_readers if op_set.float_input else ())]
+        return self._run_quantizer(excluded, op_set.op_types)
+
+    def _run_quantizer(self, excluded: Sequence[str], op_types: tuple[str, ...] | None,
+                       calibrating: bool = False) -> onnx.ModelProto:
+        """onnxruntime's ``quantize_static`` on the float model; ``calibrating``: the first call, which sets every
+        tensor's range (all ops, none excluded) into the cache that every later call reads."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
-        if ops not in OP_SETS:
-            raise RFDeployError(f"unknown set of quantized ops '{ops}' (known: {', '.join(OP_SETS)})")
-        op_types = OP_SETS[ops]
+        # percentile ranges as they are (onnxruntime's default makes them symmetric): a tensor that is never negative
+        # keeps a range from 0, so that its uint8 zero point is 0 and it takes no sign bit
+        options: dict = {"CalibStridedMinMax": calibration_chunk(len(self.calibration)),
+                         "CalibTensorRangeSymmetric": False}
+        activation_type = QuantType.QUInt8
+        if self.activations == INT8_ACTIVATIONS.name:
+            activation_type, options["ActivationSymmetric"] = QuantType.QInt8, True
+        elif self.activations == ZERO_POINT_FREE_ACTIVATIONS.name and not calibrating:
+            options["TensorQuantOverrides"] = self.signed_tensors()
         output = Path(self.workdir.name) / "int8.onnx"
         with quiet_onnxruntime_logging():
             try:
                 quantize_static(self.float_path, output, InputReader(self.input_names, self.calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activation_type,
                                 weight_type=QuantType.QInt8, calibrate_method=methods[self.method],
-                                nodes_to_exclude=list(dict.fromkeys([*self.always_fp32, *keep_fp32])),
-                                calibration_cache_path=self.cache_path,
-                                op_types_to_quantize=list(op_types) if op_types else None)
+                                nodes_to_exclude=list(dict.fromkeys(excluded)), calibration_cache_path=self.cache_path,
+                                op_types_to_quantize=list(op_types) if op_types else None, extra_options=options)
             except Exception as error:  # noqa: BLE001  # onnxruntime's quantizer raises many types
                 raise RFDeployError(f"int8 quantization failed: {type(error).__name__}: {first_line(error)}") from None
         return onnx.load(output)
+
+    def signed_tensors(self) -> dict[str, list[dict]]:
+        """onnxruntime's per-tensor overrides making every calibrated tensor that goes below 0 symmetric int8 (the
+        others stay uint8, their ranges starting at 0: zero point 0)."""
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.calibrate import load_tensors_data
+
+        ranges = load_tensors_data(self.cache_path).data
+        return {name: [{"quant_type": QuantType.QInt8, "symmetric": True}] for name, data in ranges.items()
+                if float(data.range_value[0]) < 0}
 
     def close(self) -> None:
         self.workdir.cleanup()
@@ -89,11 +146,18 @@ class Int8Quantizer:
         self.close()
 
 
-def quantize_int8(model: onnx.ModelProto, calibration: Sequence[InputSet], method: str = "minmax",
-                  keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
-    """``model`` in QDQ int8 (uint8 activations, per-channel int8 weights), calibrated on ``calibration``."""
-    with Int8Quantizer(model, calibration, method) as quantizer:
+def quantize_int8(model: onnx.ModelProto, calibration: Sequence[InputSet], method: str = DEFAULT_METHOD,
+                  keep_fp32: Sequence[str] = (), ops: str = "all", activations: str = UINT8_ACTIVATIONS.name
+                  ) -> onnx.ModelProto:
+    """``model`` in QDQ int8 (activations as ``activations`` says, per-channel int8 weights), calibrated on
+    ``calibration``."""
+    with Int8Quantizer(model, calibration, method, activations) as quantizer:
         return quantizer.quantize(keep_fp32, ops)
+
+
+def calibration_chunk(batches: int) -> int:
+    """The most batches up to ``CALIBRATION_CHUNK`` that divide ``batches`` (onnxruntime needs equal chunks)."""
+    return max(size for size in range(1, CALIBRATION_CHUNK + 1) if batches % size == 0)
 
 
 def quantized_nodes(model: onnx.ModelProto) -> int:
@@ -115,16 +179,25 @@ class InputReader:
     def __init__(self, names: list[str], sets: list[InputSet]):
         self.names, self.sets = names, sets
         self.position = 0
+        self.end = len(sets)  # where the current chunk ends
 
     def get_next(self) -> dict | None:
-        if self.position >= len(self.sets):
+        if self.position >= min(len(self.sets), self.end):
             return None
         tensors = self.sets[self.position].tensors
         self.position += 1
         return {name: tensor.numpy() for name, tensor in zip(self.names, tensors)}
 
     def rewind(self) -> None:
-        self.position = 0
+        self.position, self.end = 0, len(self.sets)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read ``sets[start_index:end_index]`` next (onnxruntime's chunked calibration)."""
+        self.end = end_index
+        self.position = start_index
 
     def __iter__(self) -> Iterator[dict]:
         self.rewind()
