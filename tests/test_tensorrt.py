@@ -216,6 +216,16 @@ def test_export_trt_without_tensorrt_fails_before_exporting(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("content", [b"not a protobuf at all \xff\xfe", b""])
+def test_build_command_refuses_a_file_that_is_no_onnx_graph_before_any_build(tmp_path, capsys, content):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    assert cli.main(["build", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rfdeploy: error: cannot read ONNX model '{bad}': ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == [bad]
+
+
 def test_build_command_names_a_missing_onnx_file(tmp_path, capsys):
     assert cli.main(["build", str(tmp_path / "nope.onnx")]) == 2
     assert capsys.readouterr().err == f"rfdeploy: error: {tmp_path / 'nope.onnx'}: no such ONNX file\n"

@@ -85,6 +85,11 @@ def test_tune_targets_are_checked():
     if not torch.cuda.is_available():
         with pytest.raises(RFDeployError, match="--tune torch:cuda: it runs on a CUDA GPU, and PyTorch sees none"):
             parse_target("torch:cuda")
+    with pytest.raises(RFDeployError, match=r"^--tune tensorrt:cpu: the tensorrt backend runs on cuda only: give "
+                                            r"--tune tensorrt:cuda$"):
+        parse_target("tensorrt:cpu")
+    with pytest.raises(RFDeployError, match="--tune onnxruntime:tpu: the onnxruntime backend runs on cpu, cuda only"):
+        parse_target("onnxruntime:tpu")
     if not has_tensorrt():  # the missing package is named first, as `rfdeploy build` names it
         with pytest.raises(RFDeployError, match="--tune tensorrt: TensorRT is not installed"):
             parse_target("tensorrt")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import onnx
-
 from rfdeploy.artifacts import check_output_file, write_all
 from rfdeploy.backends import tensorrt as trt_backend
 from rfdeploy.backends.onnxruntime_backend import OrtRunner
@@ -27,6 +25,7 @@ from rfdeploy.commands.common import (
     print_engine,
 )
 from rfdeploy.errors import RFDeployError
+from rfdeploy.loader.onnx_graph import read_onnx
 from rfdeploy.measure.verify_engine import verify_engine
 
 
@@ -45,8 +44,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     onnx_path = Path(args.onnx)
-    if not onnx_path.is_file():
+    if not onnx_path.exists():
         raise RFDeployError(f"{onnx_path}: no such ONNX file")
+    model = read_onnx(onnx_path)  # checked as every ONNX input is, before TensorRT's parser sees it
     trt_backend.require_tensorrt()
     request = engine_request(args)
     engine_path = Path(args.out) if args.out else onnx_path.with_suffix(".engine")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     onnx_bytes = onnx_path.read_bytes()
     with console.status(f"building TensorRT engine from {onnx_path} (minutes for a large model)..."):
         built = trt_backend.build(onnx_bytes, request, str(onnx_path))
-        with OrtRunner(onnx.load_from_string(onnx_bytes), threads=0) as reference:
+        with OrtRunner(model, threads=0) as reference:
             check = verify_engine(built, reference, args.atol, args.rtol, args.seed)
     print_engine(built, check, f"{onnx_path.name} in onnxruntime-CPU")
     if not check.passed:

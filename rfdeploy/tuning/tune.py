@@ -109,6 +109,9 @@ def parse_target(target: str, precision: str = "fp32") -> tuple[str, str]:
     if backend in UNTUNABLE:
         raise RFDeployError(f"--tune {backend}: not supported: {UNTUNABLE[backend]}")
     device = device or BACKENDS[backend].devices[0]
+    if device not in BACKENDS[backend].devices:  # said in --tune's own terms, not bench's --device
+        raise RFDeployError(f"--tune {target}: the {backend} backend runs on {', '.join(BACKENDS[backend].devices)}"
+                            f" only: give --tune {backend}:{BACKENDS[backend].devices[0]}")
     try:
         BACKENDS[backend].require(device, precision)  # a missing package first, named as `rfdeploy build` names it
     except RFDeployError as error:
