@@ -184,3 +184,18 @@ def test_an_input_past_a_million_values_is_verified_on_one_seeded_set_and_the_re
     assert "1080000 values" in checks["note"] and checks["torch"]["sources"] == ["seed 0"]
     small = api.export(two_branch_model(), input_shapes=[(1, 3, 500, 500)], out=tmp_path, write=False)
     assert small.report["verification"]["trials"] == 2 and small.report["verification"]["note"] is None
+
+
+def test_output_error_figures_are_those_of_their_definitions_in_float64():
+    from rfdeploy.measure.verify import output_error
+
+    rng = np.random.default_rng(3)
+    expected = (rng.standard_normal((2, 5, 7, 9)) * 4).astype(np.float32)
+    actual = (expected + rng.standard_normal(expected.shape) * 1e-3).astype(np.float32)
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    error = output_error(actual, expected)
+    assert error.max_abs == np.abs(a - e).max() and error.scale == np.abs(e).max()
+    assert math.isclose(error.signal, (e * e).sum(), rel_tol=1e-12)
+    assert math.isclose(error.noise, ((a - e) ** 2).sum(), rel_tol=1e-9)
+    assert math.isclose(error.cosine, (a * e).sum() / np.linalg.norm(a) / np.linalg.norm(e), rel_tol=1e-12)
+    assert math.isclose(error.snr_db, 10 * math.log10((e * e).sum() / ((a - e) ** 2).sum()), rel_tol=1e-9)
