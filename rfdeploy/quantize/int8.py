@@ -5,12 +5,10 @@ convs: the naive export of a searched model keeps BatchNorm islands that stay in
 quantized convs, and alpha multiplies that quantize for nothing (Res2Net-50 on onnxruntime: 1.11x the
 compiled int8 model's time; OpenVINO 2026.4 cannot compile it; docs/benchmarks.md).
 
-Formats, chosen by measurement on x86 (Res2Net-50, 224x224, onnxruntime 1.32, 2 threads; the script is in
-docs/benchmarks.md): uint8
-activations with per-channel int8 weights run at 0.33x of fp32; int8 activations (onnxruntime's
-default) at 0.93x, as its int8 x int8 convolutions do not reach the VNNI kernels that uint8 x int8 ones
-use. The QDQ file runs as it is on onnxruntime and OpenVINO, and is what TensorRT's explicit
-quantization builds int8 engines from.
+Weights are per-channel symmetric int8. Activations take the format of the backend the model is made for
+(``precision.ACTIVATION_FORMATS``, named by the backend registry): uint8 for onnxruntime, whose x86 int8
+convolutions reach the VNNI kernels with uint8 x int8 operands only; zero points 0 for OpenVINO; symmetric
+int8 for TensorRT, the only int8 it builds from QDQ. Every format runs on onnxruntime and OpenVINO as it is.
 """
 
 from __future__ import annotations
@@ -37,9 +35,10 @@ from rfdeploy.precision import (
     ZERO_POINT_FREE_ACTIVATIONS,
 )
 
-# Activation ranges (--calib-method). Percentile (onnxruntime's: 99.999% of the absolute values) by default: on
-# natural-image crops it was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T) more accurate than min-max, which lets
-# one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against NNCF").
+# Activation ranges (--calib-method). Percentile by default (onnxruntime's: the values between its 0.0005% and
+# 99.9995% points, from histograms): on natural-image crops it was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T)
+# more accurate than min-max, which lets one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against
+# NNCF").
 METHODS = ("percentile", "minmax", "entropy")
 DEFAULT_METHOD = "percentile"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
