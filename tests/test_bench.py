@@ -301,7 +301,7 @@ def test_bench_command_table_shows_speedups(searched_tiny, capsys, monkeypatch):
     assert "n/a" in rows["plain"] and "n/a" not in rows["compiled"]  # a cost reference: no errors to show
     cells = [cell.strip() for cell in rows["compiled"].split("│")]
     assert cells[-3].endswith("x") and float(cells[-2]) > 0  # the speedup, and the ratio to searched fp32
-    assert "(2 searched layers)" in captured.err
+    assert "(2 searched layer(s)" in captured.err
     assert "plain = each searched conv with only its largest-alpha branch" in captured.err
 
 

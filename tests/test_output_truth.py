@@ -134,6 +134,11 @@ def test_a_checkpoint_without_alphas_is_said_to_be_read_as_fixed_single_branch(f
     assert f"rfdeploy: warning: {warning}" in err.splitlines()
     assert "searched layer(s)" not in err
     assert "1 fixed_single_branch layer(s)" in err
+    code = cli.main(["bench", "--model", MODEL, "--ckpt", str(ckpt), "--structure", str(files.structure),
+                     "--input-shape", SHAPE, "--backends", "torch", "--warmup", "1", "--iters", "2"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "(1 fixed_single_branch layer(s)" in printed.err and "(1 searched layer(s)" not in printed.err
 
 
 def test_int8_that_meets_its_snr_only_in_fp32_fails_and_says_how_much_is_int8(files, capsys):

@@ -145,7 +145,7 @@ def print_table(report: BenchReport) -> None:
     speedups = report.speedups()
     flags = f"; CPU flags: {' '.join(report.cpu_flags) or 'none of VNNI/BF16/AMX'}" if report.cpu_flags else ""
     involutions = f", {report.involutions} involutions" if report.involutions else ""
-    table = Table(title=f"{report.model} ({report.searched_layers} searched layers{involutions}) {report.input_shapes} on "
+    table = Table(title=f"{report.model} ({report.layers}{involutions}) {report.input_shapes} on "
                         f"{report.device_name} ({report.device}, {report.threads} threads, {report.iters} runs "
                         f"after {report.warmup} warm-up{flags})")
     for column in ("backend", "variant", "precision", "p50 ms", "p90 ms", "p99 ms", "inputs/s", "max_abs_err",

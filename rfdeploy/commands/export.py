@@ -33,7 +33,7 @@ from rfdeploy.commands.common import (
 )
 from rfdeploy.compiler.passes.choose_lowering import MODES
 from rfdeploy.measure.verify import Verification
-from rfdeploy.stages.export import TARGETS
+from rfdeploy.stages.export import TARGETS, layers_title
 from rfdeploy.tuning.tune import UNTUNABLE
 
 
@@ -185,19 +185,12 @@ def receptive_field_line(field: dict) -> str:
     return line
 
 
-def layers_title(load: dict, count: int) -> str:
-    """What the lowered layers are: searched, or (no alphas in the checkpoint) fixed single-branch convs."""
-    if load["single_branch"] and not load["searched"]:
-        return f"{count} fixed_single_branch layer(s) at the structure's dilations (no alphas in the checkpoint)"
-    return f"{count} searched layer(s)"
-
-
 def print_summary(result: api.ExportResult) -> None:
     report = result.report
     load = report["load"]
     if report["model_recognised"]:
         console.print(f"recognised architecture: [bold]{report['model']}[/bold]")
-    table = Table(title=f"{report['model']}: {layers_title(load, len(report['layers']))}")
+    table = Table(title=f"{report['model']}: {layers_title(load['searched'], load['single_branch'], len(report['layers']))}")
     for column in ("layer", "branch dilations", "alphas |a|/sum|a|", "lowering"):
         table.add_column(column, overflow="fold")
     for layer in report["layers"]:

@@ -39,7 +39,7 @@ from rfdeploy.precision import precision_of
 from rfdeploy.quantize.calibration import CalibrationData
 from rfdeploy.quantize.deploy import PrecisionRequest, deploy
 from rfdeploy.stages.base import Run, Stage, check_stages, run_stages
-from rfdeploy.stages.export import CALIBRATE, COMPILE, LOAD, SHAPES, TUNE, ExportRequest
+from rfdeploy.stages.export import CALIBRATE, COMPILE, LOAD, SHAPES, TUNE, ExportRequest, layers_title
 from rfdeploy.tuning.layout import choose_layout
 
 VARIANTS = ("searched", "compiled")
@@ -99,8 +99,9 @@ class BenchReport:
     warmup: int
     iters: int
     versions: dict[str, str]
-    searched_layers: int = 0
+    searched_layers: int = 0  # the lowered layers: searched convs, or fixed single-branch ones (``layers``)
     involutions: int = 0
+    layers: str = ""  # what those layers are, as export's summary says it
     results: list[BenchResult] = field(default_factory=list)
     compile: dict = field(default_factory=dict)
     reference: str = ""  # the row ratios are to: "BACKEND searched fp32"
@@ -344,7 +345,9 @@ def finish_bench(run: Run, tick: Tick | None = None) -> BenchReport:
     report = run_stages(BENCH_STAGES[FIRST_AFTER_INPUT:], run).report
     fields: dict[str, Any] = {name: report[name] for name in BenchReport.__dataclass_fields__ if name in report}
     fields |= {"model": run["loaded"].model_name, "searched_layers": len(report["layers"]),
-               "involutions": len(report["involutions"])}
+               "involutions": len(report["involutions"]),
+               "layers": layers_title(run["loaded"].info.searched, run["loaded"].info.single_branch,
+                                      len(report["layers"]))}
     return BenchReport(**fields)
 
 

@@ -138,6 +138,14 @@ def checked(request: ExportRequest) -> ExportRequest:
     return replace(request, engine=engine)
 
 
+def layers_title(searched: list[str], single_branch: list[str], count: int) -> str:
+    """What the ``count`` lowered layers are: searched, or (no alphas in the checkpoint) fixed single-branch convs,
+    from the names loading found of each."""
+    if single_branch and not searched:
+        return f"{count} fixed_single_branch layer(s) at the structure's dilations (no alphas in the checkpoint)"
+    return f"{count} searched layer(s)"
+
+
 def check_target(target: str, precision: str, engine: bool) -> None:
     """``--target``: a backend that runs the export's precision and is installed where it runs; TensorRT runs an
     engine, which ``--trt`` builds."""
