@@ -63,6 +63,9 @@ def test_int8_export_writes_a_calibrated_qdq_model_with_uint8_activations_and_pe
     assert report["calibration"]["calibration_sets"] == 8 and report["passed"]
     held_out = report["calibration"]["held_out_sets"]
     assert held_out == ["calib.npy[8]", "calib.npy[9]"]  # never the calibration samples
+    ops = report["quantized_ops"]
+    assert (f"int8: calibrated on 8 batch(es) of {calib} (percentile ranges), uint8 activations, op set {ops['kept']} "
+            f"(by {ops['decided_by']} on onnxruntime);") in err
     # the SNR the report gives is what the written file computes, on the held-out sample
     x = np.load(calib)[8:9]
     session = ort.InferenceSession(str(files.out / "model.int8.onnx"), providers=["CPUExecutionProvider"])

@@ -134,9 +134,12 @@ def print_precision(section: dict) -> None:
     if calibration:
         share = section["int8_share"]
         in_int8 = f"{share['int8_nodes']} of {share['compute_nodes']} {'/'.join(share['op_types'])} nodes in int8"
-        console.print(f"int8: calibrated on {calibration['calibration_sets']} batch(es) of {calibration['source']}, "
-                      f"{section['quantized_nodes']} QuantizeLinear nodes, {in_int8}; verified on held-out "
-                      f"{', '.join(calibration['held_out_sets'])}")
+        ops = section["quantized_ops"]
+        why = f"by {ops['decided_by']} on {ops['backend']}" if "decided_by" in ops else ops["why"]
+        console.print(f"int8: calibrated on {calibration['calibration_sets']} batch(es) of {calibration['source']} "
+                      f"({calibration['method']} ranges), {section['activations']['format']} activations, "
+                      f"op set {ops['kept']} ({why}); {section['quantized_nodes']} QuantizeLinear nodes, {in_int8}; "
+                      f"verified on held-out {', '.join(calibration['held_out_sets'])}")
         if share["int8_nodes"] == 0:
             console.print("[red]int8: nothing computes in int8, so this is no int8 model[/red]")
     mixed = section["mixed_precision"]
