@@ -323,6 +323,11 @@ def test_float_input_op_sets_keep_the_layers_reading_the_input_in_fp32(files):
     fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
     sets = calibration_data("random", [(1, 3, 12, 12)], 4).calibration
     first = next(node for node in fp32.graph.node if "input" in node.input)
+    # the two convs share one (zero) bias: the first, in fp32, then reads the bias quantized for the second
+    bias = numpy_helper.from_array(np.zeros(4, np.float32), "shared_bias")
+    fp32.graph.initializer.append(bias)
+    for conv in [node for node in fp32.graph.node if node.op_type == "Conv"][:2]:
+        conv.input[2] = "shared_bias"
     for ops in ("all", "conv-matmul"):
         whole, float_input = quantize_int8(fp32, sets, ops=ops), quantize_int8(fp32, sets, ops=f"{ops}-float-input")
         assert int8_compute(float_input)[0] == int8_compute(whole)[0] - 1

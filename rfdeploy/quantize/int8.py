@@ -165,11 +165,13 @@ def quantized_nodes(model: onnx.ModelProto) -> int:
 
 
 def int8_compute(model: onnx.ModelProto) -> tuple[int, int]:
-    """How many of the model's Conv/MatMul/Gemm nodes compute in int8 (read a DequantizeLinear's output), and
-    how many there are: mixed precision can keep every one in fp32, leaving QDQ pairs that quantize nothing."""
+    """How many of the model's Conv/MatMul/Gemm nodes compute in int8 (read their data or weight from a
+    DequantizeLinear), and how many there are: mixed precision can keep every one in fp32, leaving QDQ pairs that
+    quantize nothing. A bias does not count: a float conv can read a bias quantized for another conv that shares it
+    (equal constants are stored once)."""
     dequantized = {name for node in model.graph.node if node.op_type == "DequantizeLinear" for name in node.output}
     compute = [node for node in model.graph.node if node.op_type in QUANTIZED_OPS]
-    return sum(any(name in dequantized for name in node.input) for node in compute), len(compute)
+    return sum(any(name in dequantized for name in node.input[:2]) for node in compute), len(compute)
 
 
 class InputReader:
