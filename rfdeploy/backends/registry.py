@@ -1,9 +1,9 @@
 """The backends rfdeploy runs models on: one entry each.
 
 An entry says where the backend runs, whether it runs the exported ONNX model or the torch module, at which
-precisions (and in which format an int8 model made for it stores activations), what artifact it builds to run a model (a TensorRT engine), and where its runner factory and its
-install check live (``"module:function"``, imported only when
-the backend is used, so that a missing optional package costs nothing until it is asked for).
+precisions (and in which format an int8 model made for it stores activations), what artifact it builds to run
+a model (a TensorRT engine), and where its runner factory and its install check live (``"module:function"``,
+imported only when the backend is used, so that a missing optional package costs nothing until it is asked for).
 
 A factory is ``(model, device, threads, precision) -> Runner``, the model being an ``onnx.ModelProto``
 where the backend runs ONNX, else the ``nn.Module``; at ``int8`` the ONNX model is already quantized (QDQ),

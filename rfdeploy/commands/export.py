@@ -193,7 +193,8 @@ def print_summary(result: api.ExportResult) -> None:
     load = report["load"]
     if report["model_recognised"]:
         console.print(f"recognised architecture: [bold]{report['model']}[/bold]")
-    table = Table(title=f"{report['model']}: {layers_title(load['searched'], load['single_branch'], len(report['layers']))}")
+    layers = layers_title(load["searched"], load["single_branch"], len(report["layers"]))
+    table = Table(title=f"{report['model']}: {layers}")
     for column in ("layer", "branch dilations", "alphas |a|/sum|a|", "lowering"):
         table.add_column(column, overflow="fold")
     for layer in report["layers"]:
