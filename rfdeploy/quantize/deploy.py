@@ -129,7 +129,8 @@ class PrecisionResult:
                 "file": INT8_FILE if self.model is not None else None,
                 "quantized_nodes": quantized_nodes(self.model) if self.model is not None else None,
                 "int8_share": self.int8_share(),
-                "calibration": {**self.calibration.to_json(), "method": self.calib_method} if self.calibration else None,
+                "calibration": ({**self.calibration.to_json(), "method": self.calib_method} if self.calibration
+                                else None),
                 "activations": None if self.activations is None else
                 {"format": self.activations, "why": ACTIVATION_FORMATS[self.activations].why},
                 "quantized_ops": self.ops, "mixed_precision": self.mixed,
