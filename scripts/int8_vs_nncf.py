@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import tempfile
 import time
@@ -37,7 +36,7 @@ from rfdeploy.backends.onnx_export import export_onnx
 from rfdeploy.backends.onnxruntime_backend import session_options
 from rfdeploy.backends.openvino_backend import compile_config
 from rfdeploy.measure.timing import interquartile_ms, summarize, time_interleaved
-from rfdeploy.measure.verify import reference_outputs
+from rfdeploy.measure.verify import compare, reference_outputs
 from rfdeploy.quantize.calibration import IMAGENET_MEAN, IMAGENET_STD
 from rfdeploy.quantize.deploy import PrecisionRequest
 from rfdeploy.stages.bench import cpu_flags, randomize_alphas
@@ -114,13 +113,8 @@ def ov_runner(path: Path, threads: int, precision: str) -> Callable[[np.ndarray]
 
 
 def snr_db(outputs: list[list[np.ndarray]], references: list[list[np.ndarray]]) -> float:
-    """The worst crop's worst output: ``10 log10(sum e^2 / sum (a - e)^2)``."""
-    worst = math.inf
-    for got, expected in zip(outputs, references):
-        for a, e in zip(got, expected):
-            noise = float(((a.astype(np.float64) - e) ** 2).sum())
-            worst = min(worst, math.inf if noise == 0 else 10 * math.log10(float((e.astype(np.float64) ** 2).sum()) / noise))
-    return worst
+    """The worst crop's worst output, as rfdeploy's verification states it (``measure.verify.compare``)."""
+    return min(compare(list(got), expected).snr_db for got, expected in zip(outputs, references))
 
 
 class Builder:
