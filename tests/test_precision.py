@@ -522,3 +522,14 @@ def test_a_folder_of_images_calibrates_and_its_later_images_are_held_out(files, 
     calibration = json.loads((files.out / "report.json").read_text())["precision"]["calibration"]
     assert calibration["calibration_sets"] == 8 and not calibration["random"]
     assert calibration["held_out_sets"] == ["images/0008.png", "images/0009.png"]
+
+
+def test_an_int8_model_an_engine_is_built_from_is_made_in_tensorrts_format():
+    from rfdeploy.backends import tensorrt as trt_backend
+    from rfdeploy.stages.export import ExportRequest, checked
+
+    int8 = PrecisionRequest("int8", calib="random")
+    with_engine = checked(ExportRequest(engine=trt_backend.EngineRequest(), precision=int8))
+    assert with_engine.precision is not None and with_engine.precision.activations == "int8"
+    without = checked(ExportRequest(precision=int8))
+    assert without.precision is not None and without.precision.activations == "uint8"
