@@ -396,11 +396,11 @@ def input_scale(model: onnx.ModelProto) -> float:
 def test_calibration_in_chunks_sets_the_ranges_one_pass_sets(files):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from rfdeploy.quantize.int8 import InputReader, calibration_chunk, quantize_int8
+    from rfdeploy.quantize.int8 import CALIBRATION_CHUNK, InputReader, quantize_int8
 
     fp32 = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False).onnx_model
     sets = calibration_data("random", [(1, 3, 12, 12)], 6).calibration
-    assert calibration_chunk(len(sets)) == 3  # two chunks
+    assert len(sets) // CALIBRATION_CHUNK > 1  # several chunks
     onnx.save(fp32, files.root / "fp32.onnx")
     quantize_static(files.root / "fp32.onnx", files.root / "one-pass.onnx", InputReader(["input"], sets),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
