@@ -61,7 +61,8 @@ class OpSet:
 
 # No one set is always fastest. On onnxruntime (docs/benchmarks.md) "all" took 22.9 ms against 29.8 ms on
 # Res2Net-50 and 44.2 ms against 36.7 ms on ConvNeXt-T; a float input layer cost ConvNeXt-T no time and gained it
-# 1.2-1.5 dB, and gained Res2Net-50 nothing. Each export times them all where the model will run (``--int8-ops measure``).
+# 1.2-1.5 dB, and gained Res2Net-50 nothing. Each export times them all where the model will run
+# (``--int8-ops measure``).
 OP_SETS: dict[str, OpSet] = {
     "all": OpSet(None), "conv-matmul": OpSet(QUANTIZED_OPS),
     "all-float-input": OpSet(None, float_input=True), "conv-matmul-float-input": OpSet(QUANTIZED_OPS, float_input=True),
