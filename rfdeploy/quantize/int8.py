@@ -20,7 +20,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 from typing_extensions import Self  # a dependency of torch's
 
@@ -39,7 +41,8 @@ from rfdeploy.precision import (
 # 99.9995% points, from histograms): on natural-image crops it was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T)
 # more accurate than min-max, which lets one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against
 # NNCF").
-METHODS = ("percentile", "minmax", "entropy")
+CALIBRATION_METHODS = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}  # onnxruntime's names
+METHODS = tuple(CALIBRATION_METHODS)
 DEFAULT_METHOD = "percentile"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # onnxruntime's calibrators keep every tensor of the batches they have read until they reduce them to ranges: fed
@@ -88,56 +91,68 @@ class Int8Quantizer:
         self.float_path = Path(self.workdir.name) / "float.onnx"
         onnx.save(model, self.float_path)
         self.cache_path = Path(self.workdir.name) / "ranges.json"
-        self.quantizable = [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS]
         self.always_fp32 = kept_in_fp32(model)
         self.input_readers = [node.name for node in model.graph.node if set(node.input) & set(self.input_names)]
+        self.signed: list[str] | None = None  # the calibrated tensors that go below 0, once calibrated
 
     def quantize(self, keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
         if ops not in OP_SETS:
             raise RFDeployError(f"unknown set of quantized ops '{ops}' (known: {', '.join(OP_SETS)})")
         op_set = OP_SETS[ops]
-        if not self.cache_path.exists():
-            self._run_quantizer((), None, calibrating=True)
+        signed = self.calibrated()
         excluded = [*self.always_fp32, *keep_fp32, *(self.input_readers if op_set.float_input else ())]
-        return self._run_quantizer(excluded, op_set.op_types)
-
-    def _run_quantizer(self, excluded: Sequence[str], op_types: tuple[str, ...] | None,
-                       calibrating: bool = False) -> onnx.ModelProto:
-        """onnxruntime's ``quantize_static`` on the float model; ``calibrating``: the first call, which sets every
-        tensor's range (all ops, none excluded) into the cache that every later call reads."""
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
-        # percentile ranges as they are (onnxruntime's default makes them symmetric): a tensor that is never negative
-        # keeps a range from 0, so that its uint8 zero point is 0 and it takes no sign bit
-        options: dict = {"CalibStridedMinMax": CALIBRATION_CHUNK, "CalibTensorRangeSymmetric": False}
+        options: dict = {}
         activation_type = QuantType.QUInt8
         if self.activations == INT8_ACTIVATIONS.name:
             activation_type, options["ActivationSymmetric"] = QuantType.QInt8, True
-        elif self.activations == ZERO_POINT_FREE_ACTIVATIONS.name and not calibrating:
-            options["TensorQuantOverrides"] = self.signed_tensors()
+        elif self.activations == ZERO_POINT_FREE_ACTIVATIONS.name:  # the others stay uint8, from 0: zero point 0
+            options["TensorQuantOverrides"] = {name: [{"quant_type": QuantType.QInt8, "symmetric": True}]
+                                               for name in signed}
         output = Path(self.workdir.name) / "int8.onnx"
         with quiet_onnxruntime_logging():
-            try:
+            try:  # the ranges come from the cache: quantize_static calibrates nothing here
                 quantize_static(self.float_path, output, InputReader(self.input_names, self.calibration),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activation_type,
-                                weight_type=QuantType.QInt8, calibrate_method=methods[self.method],
+                                weight_type=QuantType.QInt8, calibrate_method=self.calibration_method,
                                 nodes_to_exclude=list(dict.fromkeys(excluded)), calibration_cache_path=self.cache_path,
-                                op_types_to_quantize=list(op_types) if op_types else None, extra_options=options)
+                                op_types_to_quantize=list(op_set.op_types) if op_set.op_types else None,
+                                extra_options=options)
             except Exception as error:  # noqa: BLE001  # onnxruntime's quantizer raises many types
                 raise RFDeployError(f"int8 quantization failed: {type(error).__name__}: {first_line(error)}") from None
         return onnx.load(output)
 
-    def signed_tensors(self) -> dict[str, list[dict]]:
-        """onnxruntime's per-tensor overrides making every calibrated tensor that goes below 0 symmetric int8 (the
-        others stay uint8, their ranges starting at 0: zero point 0)."""
-        from onnxruntime.quantization import QuantType
-        from onnxruntime.quantization.calibrate import load_tensors_data
+    @property
+    def calibration_method(self) -> Any:
+        from onnxruntime.quantization import CalibrationMethod
 
-        ranges = load_tensors_data(self.cache_path).data
-        return {name: [{"quant_type": QuantType.QInt8, "symmetric": True}] for name, data in ranges.items()
-                if float(data.range_value[0]) < 0}
+        return CalibrationMethod[CALIBRATION_METHODS[self.method]]
+
+    def calibrated(self) -> list[str]:
+        """Every tensor's range in the cache that every quantization reads (calibrated on the first call), and the
+        tensors that go below 0. onnxruntime's calibrator runs on the float model, all ops, fed one batch at a time;
+        percentile ranges are kept as they are (onnxruntime's default makes them symmetric), so that a tensor that is
+        never negative has a range from 0: its uint8 zero point is 0 and it takes no sign bit."""
+        if self.signed is not None:
+            return self.signed
+        from onnxruntime.quantization import create_calibrator
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        reader = InputReader(self.input_names, self.calibration)
+        with quiet_onnxruntime_logging():
+            try:
+                calibrator = create_calibrator(self.float_path, None, str(Path(self.workdir.name) / "augmented.onnx"),
+                                               self.calibration_method, extra_options={"symmetric": False})
+                for start in range(0, len(self.calibration), CALIBRATION_CHUNK):
+                    reader.set_range(start, start + CALIBRATION_CHUNK)
+                    calibrator.collect_data(reader)
+                ranges = calibrator.compute_data()
+            except Exception as error:  # noqa: BLE001  # onnxruntime's calibrators raise many types
+                raise RFDeployError(f"int8 calibration failed: {type(error).__name__}: {first_line(error)}") from None
+        save_tensors_data(ranges, self.cache_path)
+        self.signed = [name for name, data in ranges.data.items() if float(np.min(data.range_value[0])) < 0]
+        return self.signed
 
     def close(self) -> None:
         self.workdir.cleanup()
@@ -191,11 +206,8 @@ class InputReader:
     def rewind(self) -> None:
         self.position, self.end = 0, len(self.sets)
 
-    def __len__(self) -> int:
-        return len(self.sets)
-
     def set_range(self, start_index: int, end_index: int) -> None:
-        """Read ``sets[start_index:end_index]`` next (onnxruntime's chunked calibration)."""
+        """Read ``sets[start_index:end_index]`` next (calibration in chunks)."""
         self.end = end_index
         self.position = start_index
 
