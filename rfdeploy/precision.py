@@ -82,15 +82,18 @@ def min_snr_for(precision: str, given: float | None = None) -> float | None:
 @dataclass(frozen=True)
 class Int8Activations:
     """How an int8 model stores its activations: the format the backend it is made for runs fastest, or at all.
-    Weights are always symmetric per-channel int8."""
+    Weights are always symmetric per-channel int8. ``conv_outputs``: whether each quantized conv or matmul also
+    quantizes its output, not only its inputs."""
 
     name: str
     why: str
+    conv_outputs: bool = False
 
 
 UINT8_ACTIVATIONS = Int8Activations(
     "uint8", "uint8 with any zero point: onnxruntime's x86 int8 convolutions reach the VNNI kernels with uint8 x int8 "
-             "operands (int8 activations ran at 0.93x of fp32 on Res2Net-50, uint8 at 0.33x)")
+             "operands (int8 activations ran at 0.93x of fp32 on Res2Net-50, uint8 at 0.33x); each conv's output "
+             "quantized too, as its int8 convolution (QLinearConv) writes int8", conv_outputs=True)
 ZERO_POINT_FREE_ACTIVATIONS = Int8Activations(
     "zero-point-free", "uint8 for tensors that are never negative, symmetric int8 for the others, every zero point 0 "
                        "(NNCF's scheme): OpenVINO's kernels then skip the zero-point correction (Res2Net-50 3% and "

@@ -88,7 +88,7 @@ def test_a_dynamic_exports_signature_is_printed_with_its_symbols(files, capsys):
     assert "inputs input float32 [batch, 3, height, width]; outputs output float32 [batch, 4, " in line, line
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile"])
+@pytest.mark.parametrize("method", ["entropy", "percentile", "mse"])
 def test_json_stdout_is_json_alone_with_a_histogram_calibrator(files, method):
     argv = files.args() + ["--json", "--precision", "int8", "--calib", "random", "--calib-count", "2",
                            "--calib-method", method, "--min-snr", "0"]

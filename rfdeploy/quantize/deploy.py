@@ -132,7 +132,8 @@ class PrecisionResult:
                 "calibration": ({**self.calibration.to_json(), "method": self.calib_method} if self.calibration
                                 else None),
                 "activations": None if self.activations is None else
-                {"format": self.activations, "why": ACTIVATION_FORMATS[self.activations].why},
+                {"format": self.activations, "conv_outputs": ACTIVATION_FORMATS[self.activations].conv_outputs,
+                 "why": ACTIVATION_FORMATS[self.activations].why},
                 "quantized_ops": self.ops, "mixed_precision": self.mixed,
                 "checks": [check.to_json() for check in self.checks],
                 "passed": self.passed}
