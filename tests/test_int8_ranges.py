@@ -11,6 +11,7 @@ from onnx import numpy_helper
 
 from rfdeploy import api
 from rfdeploy.quantize.calibration import calibration_data
+from rfdeploy.quantize.deploy import PrecisionRequest
 from rfdeploy.quantize.ranges import least_error_range
 
 
@@ -88,6 +89,13 @@ def test_only_onnxruntimes_format_quantizes_conv_outputs(files):
         assert readers and all(types & set(QUANTIZED_OPS) for types in readers)
     readers = dequantized_readers(quantize_int8(fp32, sets, ops="conv-matmul", activations="uint8"))
     assert any(not types & set(QUANTIZED_OPS) for types in readers)  # a Q after each conv, for QLinearConv
+    for target, outputs in (("openvino", False), ("onnxruntime", True)):
+        result = api.export(MODEL, files.ckpt, files.structure, input_shapes=[(1, 3, 12, 12)], write=False,
+                            target=target, precision=PrecisionRequest("int8", calib="random", calib_count=4,
+                                                                      int8_ops="conv-matmul"))
+        assert result.report["precision"]["quantized_ops"]["conv_outputs"] is outputs
+        readers = dequantized_readers(result.precision.model)
+        assert all(types & set(QUANTIZED_OPS) for types in readers) is not outputs
 
 
 def input_rounding(model: onnx.ModelProto, values: np.ndarray) -> float:
@@ -115,3 +123,49 @@ def test_mse_ranges_round_the_calibration_data_closer_than_percentile_ranges(fil
     error = {method: input_rounding(quantize_int8(fp32, sets, method, activations=activations), values)
              for method in ("minmax", "percentile", "mse")}
     assert error["mse"] < min(error["percentile"], error["minmax"])
+
+
+def test_groups_that_share_a_tensor_share_one_range():
+    from rfdeploy.quantize.ranges import shared_ranges
+
+    ranges = {"a": (-1.0, 2.0), "b": (0.0, 5.0), "c": (-3.0, 1.0), "d": (0.0, 0.5), "alone": (0.0, 9.0)}
+    shared = shared_ranges(ranges, [["a", "b", "constant"], ["b", "c"], ["d"]])
+    assert shared["a"] == shared["b"] == shared["c"] == (-3.0, 5.0)
+    assert shared["d"] == (0.0, 0.5) and shared["alone"] == (0.0, 9.0)
+
+
+def concatenating_model() -> onnx.ModelProto:
+    """input -> two convs -> Concat -> conv: the Concat's inputs have ranges of their own."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, shape: tuple[int, ...], scale: float) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["input", "wa"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["input", "wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+             helper.make_node("Conv", ["ab", "wc"], ["output"])]
+    graph = helper.make_graph(nodes, "concat", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                             [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              [weight("wa", (4, 3, 3, 3), 0.1), weight("wb", (4, 3, 3, 3), 3.0),
+                               weight("wc", (2, 8, 1, 1), 1.0)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("activations", ["uint8", "zero-point-free"])
+def test_a_concatenation_reads_and_writes_one_grid(activations):
+    from rfdeploy.quantize.int8 import quantize_int8
+
+    sets = calibration_data("random", [(1, 3, 8, 8)], 4).calibration
+    model = quantize_int8(concatenating_model(), sets, ops="all", activations=activations)
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producer = {output: node for node in model.graph.node for output in node.output}
+    concat = next(node for node in model.graph.node if node.op_type == "Concat")
+    readers = [node for node in model.graph.node if concat.output[0] in node.input]
+    grids = {(float(constants[node.input[1]]), int(constants[node.input[2]]))
+             for node in [producer[name] for name in concat.input] + readers}
+    assert {producer[name].op_type for name in concat.input} == {"DequantizeLinear"}
+    assert len(grids) == 1  # the two convs' outputs differ 30-fold in scale, yet one grid

@@ -132,8 +132,7 @@ class PrecisionResult:
                 "calibration": ({**self.calibration.to_json(), "method": self.calib_method} if self.calibration
                                 else None),
                 "activations": None if self.activations is None else
-                {"format": self.activations, "conv_outputs": ACTIVATION_FORMATS[self.activations].conv_outputs,
-                 "why": ACTIVATION_FORMATS[self.activations].why},
+                {"format": self.activations, "why": ACTIVATION_FORMATS[self.activations].why},
                 "quantized_ops": self.ops, "mixed_precision": self.mixed,
                 "checks": [check.to_json() for check in self.checks],
                 "passed": self.passed}
@@ -193,6 +192,7 @@ def deploy(request: PrecisionRequest, compiled_onnx: onnx.ModelProto, reference:
             model, ops = measured_op_set(quantizer, timed_on, reference, data.held_out, device=device)
         else:
             model, ops = quantizer.quantize(ops=request.int8_ops), {"kept": request.int8_ops, "why": "--int8-ops"}
+        ops["conv_outputs"] = OP_SETS[ops["kept"]].quantizes_conv_outputs(request.activations)
         mixed = None
         if request.min_snr_db is not None:
             found = reach_snr(quantizer, compiled_onnx, snr_of, request.min_snr_db, data.held_out, step, ops["kept"],

@@ -36,18 +36,19 @@ from rfdeploy.precision import (
     UINT8_ACTIVATIONS,
     ZERO_POINT_FREE_ACTIVATIONS,
 )
-from rfdeploy.quantize.ranges import least_error_range
+from rfdeploy.quantize.ranges import least_error_range, shared_ranges
 
 # Activation ranges (--calib-method), each named by the onnxruntime calibrator that reads the tensors. "mse" by
 # default: onnxruntime's percentile histograms, each range then set to the least squared error in the activation
-# format (``ranges.py``). On natural-image crops it was 0.2-0.5 dB more accurate than the percentile ranges
-# (the values between a tensor's 0.0005% and 99.9995% points), or as accurate; those were 1.4 dB (Res2Net-50) and
-# 0.7 dB (ConvNeXt-T) more accurate than min-max, which lets one outlier value set a tensor's scale
-# (docs/benchmarks.md, "int8 against NNCF").
+# format (``ranges.py``). On natural-image crops it was 0.3-0.7 dB more accurate than the percentile ranges (the
+# values between a tensor's 0.0005% and 99.9995% points) in OpenVINO's format and on Res2Net-50, as accurate (within
+# 0.2 dB) on ConvNeXt-T in onnxruntime's; percentile was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T) more accurate
+# than min-max, which lets one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against NNCF").
 CALIBRATION_METHODS = {"mse": "Percentile", "percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}
 METHODS = tuple(CALIBRATION_METHODS)
 DEFAULT_METHOD = "mse"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+ONE_GRID_OPS = ("Concat", "Split")  # ops that only move values: their inputs and outputs share one range
 # onnxruntime's calibrators keep every tensor of the batches they have read until they reduce them to ranges: fed
 # one batch at a time, calibration holds one batch's tensors at any input size (Res2Net-50 on 32 crops at 224x224:
 # 0.87 GB and 20 s, against 6.1 GB and 27 s read at once; the same SNR within 0.1 dB; docs/benchmarks.md).
@@ -57,12 +58,16 @@ CALIBRATION_CHUNK = 1
 @dataclass(frozen=True)
 class OpSet:
     """Which nodes get QDQ. ``op_types``: every op onnxruntime's quantizer supports (None: int8 flows from op to
-    op through adds, pools and activations), or the convs and matmuls alone (the rest stays fp32, a QDQ pair on
-    each side of every quantized op). ``float_input``: the nodes that read a graph input stay fp32, so the
+    op through adds, pools and activations, each conv's output quantized), or the convs and matmuls alone (the
+    rest stays fp32: their inputs quantized, their outputs only where the activation format needs it,
+    ``Int8Activations.conv_outputs``). ``float_input``: the nodes that read a graph input stay fp32, so the
     input itself is never rounded to 8 bits (an image normalised per channel is not on one 8-bit grid)."""
 
     op_types: tuple[str, ...] | None
     float_input: bool = False
+
+    def quantizes_conv_outputs(self, activations: str) -> bool:
+        return self.op_types is None or ACTIVATION_FORMATS[activations].conv_outputs
 
 
 # No one set is always fastest. On onnxruntime (docs/benchmarks.md) "all" took 22.9 ms against 29.8 ms on
@@ -96,6 +101,7 @@ class Int8Quantizer:
         self.cache_path = Path(self.workdir.name) / "ranges.json"
         self.always_fp32 = kept_in_fp32(model)
         self.input_readers = [node.name for node in model.graph.node if set(node.input) & set(self.input_names)]
+        self.one_grid = [[*node.input, *node.output] for node in model.graph.node if node.op_type in ONE_GRID_OPS]
         self.signed: list[str] | None = None  # the calibrated tensors that go below 0, once calibrated
 
     def quantize(self, keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
@@ -113,7 +119,7 @@ class Int8Quantizer:
         elif self.activations == ZERO_POINT_FREE_ACTIVATIONS.name:  # the others stay uint8, from 0: zero point 0
             options["TensorQuantOverrides"] = {name: [{"quant_type": QuantType.QInt8, "symmetric": True}]
                                                for name in signed}
-        if not ACTIVATION_FORMATS[self.activations].conv_outputs:
+        if not op_set.quantizes_conv_outputs(self.activations):
             options["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
         output = Path(self.workdir.name) / "int8.onnx"
         with quiet_onnxruntime_logging():
@@ -158,6 +164,7 @@ class Int8Quantizer:
                 raise RFDeployError(f"int8 calibration failed: {type(error).__name__}: {first_line(error)}") from None
         if self.method == "mse":
             ranges = self.least_error_ranges(ranges, calibrator.collector.histogram_dict)
+        ranges = self.one_grid_ranges(ranges)
         save_tensors_data(ranges, self.cache_path)
         self.signed = [name for name, data in ranges.data.items() if float(np.min(data.range_value[0])) < 0]
         return self.signed
@@ -171,6 +178,18 @@ class Int8Quantizer:
             lo, hi = least_error_range(counts, edges, float(low), float(high), self.activations)
             data[name] = TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         return TensorsData(ranges.calibration_method, data)
+
+    def one_grid_ranges(self, ranges: Any) -> Any:
+        """``ranges`` with the inputs and outputs of each Concat and Split on one range (``ranges.shared_ranges``)."""
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+        bounds = {name: (float(np.min(data.range_value[0])), float(np.max(data.range_value[1])))
+                  for name, data in ranges.data.items()}
+        shared = shared_ranges(bounds, self.one_grid)
+        return TensorsData(ranges.calibration_method, {
+            name: data if shared[name] == bounds[name] else
+            TensorData(lowest=np.array(shared[name][0], np.float32), highest=np.array(shared[name][1], np.float32))
+            for name, data in ranges.data.items()})
 
     def close(self) -> None:
         self.workdir.cleanup()

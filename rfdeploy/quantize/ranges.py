@@ -70,3 +70,26 @@ def least_error_range(counts: np.ndarray, edges: np.ndarray, low: float, high: f
     errors = histogram.squared_error(grid_low.ravel(), grid_high.ravel())
     best = int(np.argmin(errors))
     return float(grid_low.ravel()[best]), float(grid_high.ravel()[best])
+
+
+def shared_ranges(ranges: dict[str, tuple[float, float]], groups: list[list[str]]) -> dict[str, tuple[float, float]]:
+    """``ranges`` with the tensors of each group (and of groups that share a tensor) on one range, the union of
+    theirs. A Concat's inputs and output form a group: on one grid, the concatenation moves bytes; on several, each
+    input is re-quantized to the output's grid first (Res2Net-50: 37 re-quantizing nodes in OpenVINO's graph)."""
+    parent = {name: name for name in ranges}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for group in groups:
+        members = [name for name in group if name in ranges]
+        for name in members[1:]:
+            parent[root(name)] = root(members[0])
+    union: dict[str, tuple[float, float]] = {}
+    for name, (lo, hi) in ranges.items():
+        low, high = union.get(root(name), (lo, hi))
+        union[root(name)] = (min(low, lo), max(high, hi))
+    return {name: union[root(name)] for name in ranges}
