@@ -169,3 +169,14 @@ def test_a_concatenation_reads_and_writes_one_grid(activations):
              for node in [producer[name] for name in concat.input] + readers}
     assert {producer[name].op_type for name in concat.input} == {"DequantizeLinear"}
     assert len(grids) == 1  # the two convs' outputs differ 30-fold in scale, yet one grid
+
+
+def test_where_the_concatenation_stays_float_each_input_keeps_its_own_grid():
+    from rfdeploy.quantize.int8 import quantize_int8
+
+    sets = calibration_data("random", [(1, 3, 8, 8)], 4).calibration
+    model = quantize_int8(concatenating_model(), sets, ops="conv-matmul", activations="uint8")
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    scale = {node.input[0]: float(constants[node.input[1]]) for node in model.graph.node
+             if node.op_type == "QuantizeLinear" and node.input[0] in ("a", "b")}
+    assert scale["b"] > 10 * scale["a"]  # conv b's weights are 30 times conv a's

@@ -48,7 +48,8 @@ CALIBRATION_METHODS = {"mse": "Percentile", "percentile": "Percentile", "minmax"
 METHODS = tuple(CALIBRATION_METHODS)
 DEFAULT_METHOD = "mse"
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-ONE_GRID_OPS = ("Concat", "Split")  # ops that only move values: their inputs and outputs share one range
+# ops that only move values: where they are quantized (the "all" sets), their inputs and outputs share one range
+ONE_GRID_OPS = ("Concat", "Split")
 # onnxruntime's calibrators keep every tensor of the batches they have read until they reduce them to ranges: fed
 # one batch at a time, calibration holds one batch's tensors at any input size (Res2Net-50 on 32 crops at 224x224:
 # 0.87 GB and 20 s, against 6.1 GB and 27 s read at once; the same SNR within 0.1 dB; docs/benchmarks.md).
@@ -66,8 +67,13 @@ class OpSet:
     op_types: tuple[str, ...] | None
     float_input: bool = False
 
+    @property
+    def int8_flows(self) -> bool:
+        """Whether int8 flows from op to op (every op the quantizer supports is quantized)."""
+        return self.op_types is None
+
     def quantizes_conv_outputs(self, activations: str) -> bool:
-        return self.op_types is None or ACTIVATION_FORMATS[activations].conv_outputs
+        return self.int8_flows or ACTIVATION_FORMATS[activations].conv_outputs
 
 
 # No one set is always fastest. On onnxruntime (docs/benchmarks.md) "all" took 22.9 ms against 29.8 ms on
@@ -78,6 +84,15 @@ OP_SETS: dict[str, OpSet] = {
     "all": OpSet(None), "conv-matmul": OpSet(QUANTIZED_OPS),
     "all-float-input": OpSet(None, float_input=True), "conv-matmul-float-input": OpSet(QUANTIZED_OPS, float_input=True),
 }
+
+
+@dataclass(frozen=True)
+class CachedRanges:
+    """One set of calibrated ranges: the file onnxruntime's quantizer reads them from, and the tensors in it that go
+    below 0."""
+
+    path: Path
+    signed: tuple[str, ...]
 
 
 class Int8Quantizer:
@@ -98,11 +113,10 @@ class Int8Quantizer:
         self.workdir = tempfile.TemporaryDirectory(prefix="rfdeploy-int8-")
         self.float_path = Path(self.workdir.name) / "float.onnx"
         onnx.save(model, self.float_path)
-        self.cache_path = Path(self.workdir.name) / "ranges.json"
         self.always_fp32 = kept_in_fp32(model)
         self.input_readers = [node.name for node in model.graph.node if set(node.input) & set(self.input_names)]
         self.one_grid = [[*node.input, *node.output] for node in model.graph.node if node.op_type in ONE_GRID_OPS]
-        self.signed: list[str] | None = None  # the calibrated tensors that go below 0, once calibrated
+        self.ranges: dict[bool, CachedRanges] | None = None  # by OpSet.int8_flows, once calibrated
 
     def quantize(self, keep_fp32: Sequence[str] = (), ops: str = "all") -> onnx.ModelProto:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -110,7 +124,7 @@ class Int8Quantizer:
         if ops not in OP_SETS:
             raise RFDeployError(f"unknown set of quantized ops '{ops}' (known: {', '.join(OP_SETS)})")
         op_set = OP_SETS[ops]
-        signed = self.calibrated()
+        ranges = self.calibrated()[op_set.int8_flows]
         excluded = [*self.always_fp32, *keep_fp32, *(self.input_readers if op_set.float_input else ())]
         options: dict = {}
         activation_type = QuantType.QUInt8
@@ -118,7 +132,7 @@ class Int8Quantizer:
             activation_type, options["ActivationSymmetric"] = QuantType.QInt8, True
         elif self.activations == ZERO_POINT_FREE_ACTIVATIONS.name:  # the others stay uint8, from 0: zero point 0
             options["TensorQuantOverrides"] = {name: [{"quant_type": QuantType.QInt8, "symmetric": True}]
-                                               for name in signed}
+                                               for name in ranges.signed}
         if not op_set.quantizes_conv_outputs(self.activations):
             options["OpTypesToExcludeOutputQuantization"] = list(QUANTIZED_OPS)
         output = Path(self.workdir.name) / "int8.onnx"
@@ -127,7 +141,8 @@ class Int8Quantizer:
                 quantize_static(self.float_path, output, InputReader(self.input_names, self.calibration),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activation_type,
                                 weight_type=QuantType.QInt8, calibrate_method=self.calibration_method,
-                                nodes_to_exclude=list(dict.fromkeys(excluded)), calibration_cache_path=self.cache_path,
+                                nodes_to_exclude=list(dict.fromkeys(excluded)),
+                                calibration_cache_path=ranges.path,
                                 op_types_to_quantize=list(op_set.op_types) if op_set.op_types else None,
                                 extra_options=options)
             except Exception as error:  # noqa: BLE001  # onnxruntime's quantizer raises many types
@@ -140,16 +155,17 @@ class Int8Quantizer:
 
         return CalibrationMethod[CALIBRATION_METHODS[self.method]]
 
-    def calibrated(self) -> list[str]:
-        """Every tensor's range in the cache that every quantization reads (calibrated on the first call), and the
-        tensors that go below 0. onnxruntime's calibrator runs on the float model, all ops, fed one batch at a time;
-        its histograms are of values, not of magnitudes (onnxruntime's default for percentile ranges makes them
-        symmetric), so that a tensor that is never negative has a range from 0: its uint8 zero point is 0 and it
-        takes no sign bit. "mse" then sets each range from its histogram."""
-        if self.signed is not None:
-            return self.signed
+    def calibrated(self) -> dict[bool, CachedRanges]:
+        """Every tensor's range, in the files every quantization reads (calibrated on the first call), by
+        ``OpSet.int8_flows``: each tensor's own, and for the sets that quantize ONE_GRID_OPS their inputs and outputs
+        on one range.
+        onnxruntime's calibrator runs on the float model, all ops, fed one batch at a time; its histograms are of
+        values, not of magnitudes (onnxruntime's default for percentile ranges makes them symmetric), so that a
+        tensor that is never negative has a range from 0: its uint8 zero point is 0 and it takes no sign bit.
+        "mse" then sets each range from its histogram."""
+        if self.ranges is not None:
+            return self.ranges
         from onnxruntime.quantization import create_calibrator
-        from onnxruntime.quantization.calibrate import save_tensors_data
 
         reader = InputReader(self.input_names, self.calibration)
         with quiet_onnxruntime_logging():
@@ -164,10 +180,17 @@ class Int8Quantizer:
                 raise RFDeployError(f"int8 calibration failed: {type(error).__name__}: {first_line(error)}") from None
         if self.method == "mse":
             ranges = self.least_error_ranges(ranges, calibrator.collector.histogram_dict)
-        ranges = self.one_grid_ranges(ranges)
-        save_tensors_data(ranges, self.cache_path)
-        self.signed = [name for name, data in ranges.data.items() if float(np.min(data.range_value[0])) < 0]
-        return self.signed
+        self.ranges = {False: self.cached(ranges, "ranges.json"),
+                       True: self.cached(self.one_grid_ranges(ranges), "one-grid-ranges.json")}
+        return self.ranges
+
+    def cached(self, ranges: Any, file_name: str) -> CachedRanges:
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        path = Path(self.workdir.name) / file_name
+        save_tensors_data(ranges, path)
+        return CachedRanges(path, tuple(name for name, data in ranges.data.items()
+                                        if float(np.min(data.range_value[0])) < 0))
 
     def least_error_ranges(self, ranges: Any, histograms: dict) -> Any:
         """``ranges`` with each histogram's range replaced by its least-error one for this quantizer's format."""
