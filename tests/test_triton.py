@@ -589,3 +589,21 @@ def _ready(client, name: str) -> bool:
         return bool(client.is_model_ready(name))
     except Exception:  # noqa: BLE001  # not listening yet
         return False
+
+
+@pytest.mark.parametrize("made_for", [["--target", "openvino"], ["--verify-backends", "openvino"]])
+def test_an_int8_model_made_for_openvino_is_not_served_on_tritons_onnxruntime(in_root, tmp_path, capsys, made_for):
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    code, err = run_main(in_root.args() + ["--out", str(out), "--triton", str(repo), "--precision", "int8",
+                                           "--calib", "random", *made_for], capsys)
+    assert_one_line_error(code, err, "--triton", "openvino", "--target onnxruntime")
+    assert not out.exists() and not repo.exists()
+
+
+def test_an_int8_model_made_for_onnxruntime_is_served(in_root, tmp_path, capsys):
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    code, err = run_main(in_root.args() + ["--out", str(out), "--triton", str(repo), "--precision", "int8",
+                                           "--calib", "random", "--target", "onnxruntime"], capsys)
+    assert code == 0, err
+    served = next(repo.glob("*/1/model.onnx")).read_bytes()
+    assert served == (out / "model.int8.onnx").read_bytes()

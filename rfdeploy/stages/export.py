@@ -126,6 +126,8 @@ def checked(request: ExportRequest) -> ExportRequest:
     if request.precision is not None:
         check_request(request.precision, request.engine is not None)
         request = replace(request, precision=replace(request.precision, builds_engine=request.engine is not None))
+        if request.triton is not None and request.mmdeploy is None and request.engine is None:
+            check_served_int8(request.precision)
     if request.mmdeploy is not None:
         if not isinstance(request.model, ConfigFile):
             raise RFDeployError("--mmdeploy needs --config: mmdeploy builds its inputs and post-processing from the "
@@ -136,6 +138,18 @@ def checked(request: ExportRequest) -> ExportRequest:
     if request.lowered is not None and engine is not None and request.lowered_to in backend("tensorrt").precisions:
         engine = replace(engine, options=replace(engine.options, precision=request.lowered_to))
     return replace(request, engine=engine)
+
+
+def check_served_int8(precision: PrecisionRequest) -> None:
+    """A Triton repository without an engine serves ``model.int8.onnx`` on Triton's onnxruntime backend: the int8
+    model must be in onnxruntime's format, not in the one made for another backend (``--target openvino``)."""
+    served = backend("onnxruntime").int8_activations
+    if precision.precision != "int8" or precision.activations == served:
+        return
+    made_for = precision.timed_on[0]
+    raise RFDeployError(f"--triton serves the int8 model on Triton's onnxruntime backend, but this export makes it for "
+                        f"{made_for}, in {precision.activations} activations that onnxruntime does not run with its "
+                        f"fast int8 kernels: export the model for Triton with --target onnxruntime")
 
 
 def layers_title(searched: list[str], single_branch: list[str], count: int) -> str:
