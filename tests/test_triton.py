@@ -607,3 +607,16 @@ def test_an_int8_model_made_for_onnxruntime_is_served(in_root, tmp_path, capsys)
     assert code == 0, err
     served = next(repo.glob("*/1/model.onnx")).read_bytes()
     assert served == (out / "model.int8.onnx").read_bytes()
+
+
+def test_the_triton_command_refuses_an_int8_model_its_report_says_is_made_for_openvino(in_root, tmp_path, capsys):
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    code, err = run_main(in_root.args() + ["--out", str(out), "--precision", "int8", "--calib", "random",
+                                           "--target", "openvino"], capsys)
+    assert code == 0, err
+    model = out / "model.int8.onnx"
+    code, err = run_main(["triton", str(model), "--repo", str(repo)], capsys)
+    assert_one_line_error(code, err, str(model), "zero-point-free", "--target onnxruntime")
+    assert not repo.exists()
+    code, err = run_main(["triton", str(out / "model.onnx"), "--repo", str(repo)], capsys)  # its fp32 model
+    assert code == 0, err

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rfdeploy.backends import backend
 from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
 from rfdeploy.commands.common import COUNT, add_serving_arguments, console, triton_request_of
 from rfdeploy.errors import RFDeployError
@@ -51,16 +52,21 @@ def served_model(path: Path, onnx_path: Path | None, threads: int | None) -> tri
 REPORT_BYTES = 64 << 20  # a report.json larger than this is no export's
 
 
-def exported_name(path: Path) -> tuple[str, str]:
-    """The name an export's model goes by, and where it came from: the ``model`` (``export``) or ``input``
-    (``optimize``) recorded in the report beside it, else the file's stem."""
+def export_report(path: Path) -> dict:
+    """The report.json beside an exported file, or {} where there is none an export could have written."""
     report = path.parent / "report.json"
     try:
         recorded = json.loads(report.read_bytes()) if report.is_file() and report.stat().st_size < REPORT_BYTES else {}
     except (OSError, ValueError):
         recorded = {}
-    model = recorded.get("model") if isinstance(recorded, dict) else None
-    source = recorded.get("input") if isinstance(recorded, dict) else None
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def exported_name(path: Path, recorded: dict) -> tuple[str, str]:
+    """The name an export's model goes by, and where it came from: the ``model`` (``export``) or ``input``
+    (``optimize``) recorded in the report beside it, else the file's stem."""
+    report = path.parent / "report.json"
+    model, source = recorded.get("model"), recorded.get("input")
     if isinstance(model, str) and model:
         return triton.default_name(model), f"the exported model '{model}' in {report}"
     if isinstance(source, str) and source:
@@ -68,9 +74,25 @@ def exported_name(path: Path) -> tuple[str, str]:
     return triton.default_name(path.stem), f"the file name {path.name}"
 
 
+def check_int8_format(path: Path, recorded: dict) -> None:
+    """An int8 model the report beside it says was made for another backend's format is not served on Triton's
+    onnxruntime backend (``export --triton`` refuses it the same way)."""
+    precision = recorded.get("precision")
+    if not isinstance(precision, dict) or precision.get("file") != path.name:
+        return
+    activations = precision.get("activations")
+    made = activations.get("format") if isinstance(activations, dict) else None
+    if isinstance(made, str) and made != backend("onnxruntime").int8_activations:
+        raise RFDeployError(f"{path}: made in {made} activations for another backend (its report.json says so), "
+                            f"which Triton's onnxruntime backend would run without onnxruntime's fast int8 kernels: "
+                            f"export it with --target onnxruntime")
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
-    name, origin = exported_name(path) if args.name is None else (args.name, None)
+    recorded = export_report(path)
+    check_int8_format(path, recorded)
+    name, origin = exported_name(path, recorded) if args.name is None else (args.name, None)
     wanted = triton_request_of(args, args.repo, name)
     served = served_model(path, Path(args.onnx) if args.onnx else None, args.threads)
     plan = triton.plan_repository(wanted, served)
