@@ -125,9 +125,10 @@ def checked(request: ExportRequest) -> ExportRequest:
         request = replace(request, precision=replace(request.precision or PrecisionRequest(), target=request.target))
     if request.precision is not None:
         check_request(request.precision, request.engine is not None)
-        request = replace(request, precision=replace(request.precision, builds_engine=request.engine is not None))
+        precision = replace(request.precision, builds_engine=request.engine is not None)
         if request.triton is not None and request.mmdeploy is None and request.engine is None:
-            check_served_int8(request.precision)
+            check_served_int8(precision)
+        request = replace(request, precision=precision)
     if request.mmdeploy is not None:
         if not isinstance(request.model, ConfigFile):
             raise RFDeployError("--mmdeploy needs --config: mmdeploy builds its inputs and post-processing from the "
