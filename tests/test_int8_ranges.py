@@ -180,3 +180,21 @@ def test_where_the_concatenation_stays_float_each_input_keeps_its_own_grid():
     scale = {node.input[0]: float(constants[node.input[1]]) for node in model.graph.node
              if node.op_type == "QuantizeLinear" and node.input[0] in ("a", "b")}
     assert scale["b"] > 10 * scale["a"]  # conv b's weights are 30 times conv a's
+
+
+@pytest.mark.parametrize("backend, zero_point_types", [("onnxruntime", {"uint8"}), ("openvino", {"uint8", "int8"}),
+                                                       ("tensorrt", {"int8"})])
+def test_int8_tuning_quantizes_each_lowering_in_the_format_of_the_backend_that_times_it(backend, zero_point_types):
+    from rfdeploy.tuning.tune import prepared
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+    calibration = [torch.randn(1, 4, 8, 8) for _ in range(3)]
+    model = prepared({"layer": module.eval()}, calibration[:1], "int8", calibration, backend)["layer"].onnx_model
+    assert model is not None
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    zero_points = [constants[node.input[2]] for node in model.graph.node
+                   if node.op_type == "QuantizeLinear" and node.input[0] not in constants]
+    assert {str(z.dtype) for z in zero_points} == zero_point_types
+    if backend != "onnxruntime":
+        assert all(z == 0 for z in zero_points)

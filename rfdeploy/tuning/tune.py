@@ -170,12 +170,14 @@ def candidates(name: str, layer: nn.Module) -> dict[str, nn.Module]:
 
 
 def prepared(modules: dict[str, nn.Module], example: list[torch.Tensor], precision: str,
-             calibration: list[torch.Tensor]) -> dict[str, Candidate]:
-    """At int8, each module exported and quantized on the layer's own inputs; else the modules as they are."""
+             calibration: list[torch.Tensor], backend: str) -> dict[str, Candidate]:
+    """At int8, each module exported and quantized on the layer's own inputs, in the int8 format of the backend
+    that times it; else the modules as they are."""
     if precision != "int8":
         return {label: Candidate(module) for label, module in modules.items()}
     sets = [InputSet(f"layer input {i}", (tensor,)) for i, tensor in enumerate(calibration)]
-    return {label: Candidate(module, quantize_int8(export_onnx(module, example), sets))
+    activations = BACKENDS[backend].int8_activations
+    return {label: Candidate(module, quantize_int8(export_onnx(module, example), sets, activations=activations))
             for label, module in modules.items()}
 
 
@@ -222,7 +224,7 @@ def time_layer(name: str, layer: nn.Module, shape: tuple, backend: str, device: 
         return None
     modules = {**options, REFERENCE: layer.eval()}
     example = [inputs[0] if inputs else torch.randn(*shape)]
-    ready = prepared(modules, example, precision, (inputs or example)[:-1] or example)
+    ready = prepared(modules, example, precision, (inputs or example)[:-1] or example, backend)
     timed = [session_rounds(ready, example, backend, device, threads, warmup, iters, precision)
              for _ in range(sessions)]
     per_session = {label: [round(summarize(s[label]).p50_ms, 5) for s in timed] for label in modules}
