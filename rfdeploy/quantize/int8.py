@@ -40,7 +40,7 @@ from rfdeploy.quantize.ranges import least_error_range, shared_ranges
 
 # Activation ranges (--calib-method), each named by the onnxruntime calibrator that reads the tensors. "mse" by
 # default: onnxruntime's percentile histograms, each range then set to the least squared error in the activation
-# format (``ranges.py``). On natural-image crops it was 0.3-0.7 dB more accurate than the percentile ranges (the
+# format (``ranges.py``). On natural-image crops it was 0.3-1.0 dB more accurate than the percentile ranges (the
 # values between a tensor's 0.0005% and 99.9995% points) in OpenVINO's format and on Res2Net-50, as accurate (within
 # 0.2 dB) on ConvNeXt-T in onnxruntime's; percentile was 1.4 dB (Res2Net-50) and 0.7 dB (ConvNeXt-T) more accurate
 # than min-max, which lets one outlier value set a tensor's scale (docs/benchmarks.md, "int8 against NNCF").
