@@ -115,6 +115,7 @@ class Int8Quantizer:
         onnx.save(model, self.float_path)
         self.always_fp32 = kept_in_fp32(model)
         self.input_readers = [node.name for node in model.graph.node if set(node.input) & set(self.input_names)]
+        # per Concat or Split, the tensors that share one grid where it is quantized
         self.one_grid = [[*node.input, *node.output] for node in model.graph.node if node.op_type in ONE_GRID_OPS]
         self.ranges: dict[bool, CachedRanges] | None = None  # by OpSet.int8_flows, once calibrated
 
