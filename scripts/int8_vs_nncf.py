@@ -214,24 +214,18 @@ def build_all(builder: Builder, model: torch.nn.Module, calibration: list[np.nda
     ir_naive = nncf_ir(builder, "nncf_ir_naive", naive, calibration)
     ir_compiled = nncf_ir(builder, "nncf_ir_compiled", ov_fp32, calibration)
     ort_static = ort_quantize_static(builder, naive, calibration)
-    onnxruntime = [Artifact("naive fp32", "onnxruntime", naive), Artifact("onnxslim fp32", "onnxruntime", slim),
-                   Artifact("rfdeploy fp32", "onnxruntime", ort_fp32),
-                   Artifact("rfdeploy int8 (--target onnxruntime)", "onnxruntime", ort_int8),
-                   Artifact("NNCF ONNX QDQ, naive graph", "onnxruntime", nncf_naive),
-                   Artifact("NNCF ONNX QDQ, rfdeploy's graph", "onnxruntime", nncf_compiled),
-                   Artifact("NNCF ONNX QDQ MIXED preset, rfdeploy's graph", "onnxruntime", nncf_mixed),
-                   Artifact("onnxruntime quantize_static defaults, naive graph", "onnxruntime", ort_static)]
-    openvino = [Artifact("naive fp32", "openvino", naive), Artifact("onnxslim fp32", "openvino", slim),
-                Artifact("rfdeploy fp32 (--target openvino)", "openvino", ov_fp32),
-                Artifact("rfdeploy int8 (--target openvino)", "openvino", ov_int8),
-                Artifact("rfdeploy int8 (--target onnxruntime)", "openvino", ort_int8),
-                Artifact("NNCF ONNX QDQ, naive graph", "openvino", nncf_naive),
-                Artifact("NNCF ONNX QDQ, rfdeploy's graph", "openvino", nncf_compiled),
-                Artifact("NNCF OpenVINO IR, naive graph", "openvino", ir_naive),
-                Artifact("NNCF OpenVINO IR, rfdeploy's graph", "openvino", ir_compiled),
-                Artifact("onnxruntime quantize_static defaults, naive graph", "openvino", ort_static),
-                Artifact("rfdeploy fp32 (--target openvino) in bf16", "openvino", ov_fp32, "bf16")]
-    return onnxruntime + openvino
+    ort, ov, both = ("onnxruntime",), ("openvino",), ("onnxruntime", "openvino")
+    rows = [("naive fp32", naive, both), ("onnxslim fp32", slim, both),  # label, model, backends, in table order
+            ("rfdeploy fp32", ort_fp32, ort), ("rfdeploy fp32 (--target openvino)", ov_fp32, ov),
+            ("rfdeploy int8 (--target openvino)", ov_int8, ov),
+            ("rfdeploy int8 (--target onnxruntime)", ort_int8, both),
+            ("NNCF ONNX QDQ, naive graph", nncf_naive, both), ("NNCF ONNX QDQ, rfdeploy's graph", nncf_compiled, both),
+            ("NNCF ONNX QDQ MIXED preset, rfdeploy's graph", nncf_mixed, ort),
+            ("NNCF OpenVINO IR, naive graph", ir_naive, ov), ("NNCF OpenVINO IR, rfdeploy's graph", ir_compiled, ov),
+            ("onnxruntime quantize_static defaults, naive graph", ort_static, both)]
+    bf16 = Artifact("rfdeploy fp32 (--target openvino) in bf16", "openvino", ov_fp32, "bf16")
+    return [Artifact(label, backend, path) for backend in both for label, path, backends in rows
+            if backend in backends] + [bf16]
 
 
 def main() -> None:
