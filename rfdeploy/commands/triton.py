@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-from rfdeploy.backends import backend
 from rfdeploy.backends.tensorrt import read_sidecar, sidecar_path
 from rfdeploy.commands.common import COUNT, add_serving_arguments, console, triton_request_of
 from rfdeploy.errors import RFDeployError
@@ -75,17 +74,15 @@ def exported_name(path: Path, recorded: dict) -> tuple[str, str]:
 
 
 def check_int8_format(path: Path, recorded: dict) -> None:
-    """An int8 model the report beside it says was made for another backend's format is not served on Triton's
-    onnxruntime backend (``export --triton`` refuses it the same way)."""
+    """An int8 model the report beside it says was made in another backend's format is not served
+    (``triton.check_int8_servable``, as ``export --triton`` checks it)."""
     precision = recorded.get("precision")
     if not isinstance(precision, dict) or precision.get("file") != path.name:
         return
     activations = precision.get("activations")
     made = activations.get("format") if isinstance(activations, dict) else None
-    if isinstance(made, str) and made != backend("onnxruntime").int8_activations:
-        raise RFDeployError(f"{path}: made in {made} activations for another backend (its report.json says so), "
-                            f"which Triton's onnxruntime backend would run without onnxruntime's fast int8 kernels: "
-                            f"export it with --target onnxruntime")
+    if isinstance(made, str):
+        triton.check_int8_servable(made, f"{path} (its report.json says)")
 
 
 def run(args: argparse.Namespace) -> int:

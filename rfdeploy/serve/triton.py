@@ -24,6 +24,7 @@ import onnx
 from google.protobuf import text_format
 
 from rfdeploy.artifacts import check_output_dir, write_all
+from rfdeploy.backends import backend
 from rfdeploy.backends.onnx_export import graph_inputs
 from rfdeploy.backends.tensorrt import BuiltEngine, Sidecar
 from rfdeploy.errors import RFDeployError, first_line
@@ -72,6 +73,15 @@ class Signature:
     @property
     def dynamic_batch(self) -> bool:
         return all(tensor.symbolic_batch for tensor in self.inputs + self.outputs)
+
+
+def check_int8_servable(activations: str, what: str) -> None:
+    """An int8 ONNX model is served on Triton's onnxruntime backend: one made in another backend's int8 format
+    (``--target openvino``) would run there without onnxruntime's fast int8 kernels, and is refused."""
+    if activations != backend("onnxruntime").int8_activations:
+        raise RFDeployError(f"{what} is made in {activations} activations for another backend, which Triton's "
+                            f"onnxruntime backend would run without onnxruntime's fast int8 kernels: export it with "
+                            f"--target onnxruntime")
 
 
 def onnx_signature(model: onnx.ModelProto, source: str) -> Signature:

@@ -142,15 +142,10 @@ def checked(request: ExportRequest) -> ExportRequest:
 
 
 def check_served_int8(precision: PrecisionRequest) -> None:
-    """A Triton repository without an engine serves ``model.int8.onnx`` on Triton's onnxruntime backend: the int8
-    model must be in onnxruntime's format, not in the one made for another backend (``--target openvino``)."""
-    served = backend("onnxruntime").int8_activations
-    if precision.precision != "int8" or precision.activations == served:
-        return
-    made_for = precision.timed_on[0]
-    raise RFDeployError(f"--triton serves the int8 model on Triton's onnxruntime backend, but this export makes it for "
-                        f"{made_for}, in {precision.activations} activations that onnxruntime does not run with its "
-                        f"fast int8 kernels: export the model for Triton with --target onnxruntime")
+    """A Triton repository without an engine serves ``model.int8.onnx`` on Triton's onnxruntime backend."""
+    if precision.precision == "int8":
+        triton_repository.check_int8_servable(
+            precision.activations, f"--triton: the int8 model this export makes for {precision.timed_on[0]}")
 
 
 def layers_title(searched: list[str], single_branch: list[str], count: int) -> str:
